@@ -1,0 +1,25 @@
+// storage/durable_file.h — the commit protocol of DESIGN.md §6 (write name.tmp, fsync,
+// rename, fsync the directory) and secure removal, shared by datasets and checkpoints.
+#pragma once
+
+#include <filesystem>
+
+namespace lethe::storage {
+
+// The temporary name a file is written under before it is committed: "<path>.tmp".
+[[nodiscard]] std::filesystem::path temp_path_for(const std::filesystem::path& path);
+
+// Flushes a file's data and metadata to stable storage.
+void fsync_file(const std::filesystem::path& path);
+// Flushes a directory's entries (a rename or unlink in it) to stable storage.
+void fsync_directory(const std::filesystem::path& dir);
+
+// Atomically replaces `target` by `written`: fsync(written), rename, fsync(directory).
+// A crash at any point leaves either the old or the new `target`, never a torn one.
+void commit_file(const std::filesystem::path& written, const std::filesystem::path& target);
+
+// Overwrites every byte of `path` with zeros, fsyncs, unlinks it and fsyncs its
+// directory, so that its content is gone from the file system's view of the disk.
+void shred_file(const std::filesystem::path& path);
+
+}  // namespace lethe::storage

@@ -1,0 +1,72 @@
+// trainer/model.h — the backbone family (MLP or small CNN, one LoRA-capable layer + ReLU per block)
+// with L adapter sites on the top L blocks and a linear classification head. Site 1 is the top.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "trainer/lora.h"
+#include "trainer/model_config.h"
+
+namespace lethe::trainer {
+
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+class LetheModel : public torch::nn::Module {
+ public:
+  // Base weights and head from `init_seed` (PyTorch's default uniform init); adapters inactive, B = 0.
+  LetheModel(ModelConfig config, std::uint64_t init_seed);
+
+  [[nodiscard]] const ModelConfig& config() const { return config_; }
+  [[nodiscard]] int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  [[nodiscard]] int num_sites() const { return config_.sites; }
+  // Block index (0 = bottom) of adapter site `site` (1 = top).
+  [[nodiscard]] int block_of_site(int site) const;
+
+  // Logits for inputs shaped [N, C, H, W] (or [N, C*H*W] for the MLP).
+  [[nodiscard]] torch::Tensor forward(const torch::Tensor& x);
+  // Runs blocks [first, end) on the input of block `first`.
+  [[nodiscard]] torch::Tensor run_blocks(torch::Tensor x, int first, int end);
+  // Logits from the input of site `site`: only the blocks from that site up, then the head.
+  [[nodiscard]] torch::Tensor forward_from_site(int site, const torch::Tensor& site_input);
+  // Inputs of every site (element site-1), from one pass with the current adapter state.
+  [[nodiscard]] std::vector<torch::Tensor> site_inputs(const torch::Tensor& x);
+  // Penultimate features (the top block's output, flattened), as the head sees them.
+  [[nodiscard]] torch::Tensor features(const torch::Tensor& x);
+
+  // Sites 1..depth add their adapters; sites below are inactive (zero delta).
+  void set_active_depth(int depth);
+  [[nodiscard]] int active_depth() const { return active_depth_; }
+
+  [[nodiscard]] LoraLayer& block(int index) { return *blocks_.at(static_cast<std::size_t>(index)); }
+  [[nodiscard]] LoraLayer& site(int site) { return block(block_of_site(site)); }
+  [[nodiscard]] torch::Tensor& head_weight() { return head_weight_; }
+  [[nodiscard]] torch::Tensor& head_bias() { return head_bias_; }
+
+  // Freezes everything, then makes only site `site`'s adapter (A, B) and the head trainable.
+  [[nodiscard]] std::vector<torch::Tensor> select_trainable_for_step(int site);
+  // Freezes adapters, makes every backbone block and the head trainable (pretraining).
+  [[nodiscard]] std::vector<torch::Tensor> select_trainable_backbone();
+  void freeze_all();
+
+  // Frozen weights: "blocks.<b>.weight", "blocks.<b>.bias", "head.weight", "head.bias".
+  [[nodiscard]] NamedTensors backbone_and_head_tensors();
+  // Copies backbone and head from `other` (same config); adapters are left as they are.
+  void copy_backbone_and_head_from(LetheModel& other);
+
+ private:
+  ModelConfig config_;
+  std::vector<std::shared_ptr<LoraLayer>> blocks_;
+  torch::Tensor head_weight_, head_bias_;
+  int active_depth_ = 0;
+};
+
+// Number of head inputs (flattened output of the top block) for `config`.
+[[nodiscard]] std::int64_t feature_dim(const ModelConfig& config);
+
+}  // namespace lethe::trainer

@@ -64,11 +64,24 @@ class Communicator {
   virtual void recv(BufferView buffer, int peer, int tag) = 0;
 
   // Ranks with the same color form a new communicator, ordered by (key, rank).
+  // A negative color joins no communicator: that rank gets nullptr.
   [[nodiscard]] virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
 
   // How long a collective may wait for its peers before it throws CommTimeout.
   virtual void set_timeout(std::chrono::milliseconds timeout) = 0;
   [[nodiscard]] virtual std::chrono::milliseconds timeout() const = 0;
 };
+
+// The timeout a new communicator starts with: LETHE_COMM_TIMEOUT_S (seconds, > 0) if set,
+// else 300 s. Throws CommError naming the variable if it is set but not a positive number.
+[[nodiscard]] std::chrono::milliseconds default_timeout();
+
+// The world communicator of `backend`: "mpi" (host buffers; CUDA buffers staged through host
+// memory) or "nccl" (CUDA buffers through NCCL, host buffers through MPI). Without mpirun the
+// world is this one process. Throws CommError for an unknown backend or one not built in.
+[[nodiscard]] std::unique_ptr<Communicator> make_communicator(std::string_view backend);
+
+// Whether make_communicator(backend) can succeed in this build ("nccl" needs CUDA and NCCL).
+[[nodiscard]] bool backend_available(std::string_view backend);
 
 }  // namespace lethe::comm

@@ -1,0 +1,97 @@
+// `lethe pretrain`: trains the frozen backbone and head on a dataset's public records, or imports
+// backbone weights from an HDF5 file (docs/BACKBONE.md), and writes the config's backbone file.
+#include <spdlog/spdlog.h>
+
+#include <torch/torch.h>
+
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "launch/command_registry.h"
+#include "launch/job_config.h"
+#include "storage/dataset.h"
+#include "trainer/ensemble.h"
+#include "trainer/pretrain.h"
+#include "trainer/s3t_trainer.h"
+
+namespace lethe::launch {
+namespace {
+
+struct PretrainArgs {
+  std::string config;
+  std::string import_file;
+  std::string out;
+  std::string eval_data;
+};
+
+void run(const PretrainArgs& args) {
+  const auto config = load_job_config(args.config);
+  trainer::check_device(config.device, config.source);
+  torch::set_num_threads(config.threads);
+  const torch::Device device(config.device == "cuda" ? torch::kCUDA : torch::kCPU);
+  if (!std::filesystem::exists(config.dataset)) {
+    throw ConfigError(config.source.string() + ": dataset: " + config.dataset.string() +
+                      " does not exist; ingest it first (`lethe ingest ...`) or fix the path");
+  }
+  const auto dataset = storage::Dataset::open(config.dataset);
+  auto model_config = config.model;
+  trainer::set_input_shape(model_config, dataset.layout());
+  trainer::LetheModel model(model_config, trainer::mix_seed(config.seed, 20));
+  const std::filesystem::path out = args.out.empty() ? config.backbone : std::filesystem::path(args.out);
+  nlohmann::json report = {{"backbone", out.string()}, {"model", trainer::to_json(model_config)}};
+  if (!args.import_file.empty()) {
+    trainer::load_backbone(model, args.import_file);  // validates every shape against the config
+    report["imported_from"] = args.import_file;
+  } else {
+    storage::RecordFilter filter;
+    filter.public_records = storage::PublicRecords::only;
+    const auto rows = dataset.select(filter);
+    if (rows.empty()) {
+      throw ConfigError(config.dataset.string() + " has no public records to pretrain on; ingest with --public-fraction, "
+                        "or bring a backbone with `lethe pretrain --import FILE`");
+    }
+    const auto data = trainer::read_records(dataset, rows, model_config);
+    model.to(device);
+    const auto result = trainer::pretrain_backbone(
+        model, data, {config.pretrain.epochs, config.pretrain.batch_size, config.pretrain.learning_rate, config.seed});
+    report["records"] = result.records;
+    report["final_loss"] = result.final_loss;
+    report["seconds"] = result.seconds;
+  }
+  trainer::save_backbone(model, out, {{"source", args.import_file.empty() ? "pretrain" : args.import_file},
+                                      {"dataset", config.dataset.string()},
+                                      {"seed", config.seed}});
+  std::filesystem::path eval = args.eval_data.empty() ? config.test_dataset : std::filesystem::path(args.eval_data);
+  if (!eval.empty()) {
+    const auto test = storage::Dataset::open(eval);
+    const auto data = trainer::read_records(test, test.select(storage::RecordFilter{}), model_config);
+    torch::NoGradGuard no_grad;
+    model.set_active_depth(0);
+    std::vector<torch::Tensor> parts;
+    for (std::int64_t s = 0; s < data.inputs.size(0); s += 1024) {
+      parts.push_back(torch::softmax(model.forward(data.inputs.slice(0, s, std::min(data.inputs.size(0), s + 1024)).to(device)), 1).to(torch::kCPU));
+    }
+    report["head_accuracy"] = trainer::accuracy(torch::cat(parts, 0), data.labels);
+    report["eval_data"] = eval.string();
+  }
+  std::cout << report.dump(2) << std::endl;
+}
+
+void install(CLI::App& app) {
+  auto args = std::make_shared<PretrainArgs>();
+  CLI::App* cmd = app.add_subcommand("pretrain", "Train (or import) the frozen backbone and head on public records");
+  cmd->footer(
+      "Examples:\n  lethe pretrain --config launch/examples/fashion_s3t.yaml\n"
+      "  lethe pretrain --config job.yaml --import exported_from_pytorch.h5   # layout: docs/BACKBONE.md");
+  cmd->add_option("--config", args->config, "YAML job config (model, pretrain, dataset and backbone keys)")->required();
+  cmd->add_option("--import", args->import_file, "Backbone weights (HDF5) to check against the config and install");
+  cmd->add_option("--out", args->out, "Where to write the backbone (default: the config's backbone)");
+  cmd->add_option("--eval-data", args->eval_data, "Dataset for the head-alone accuracy (default: test_dataset)");
+  cmd->callback([args] { run(*args); });
+}
+
+const CommandRegistration registration{20, install};
+
+}  // namespace
+}  // namespace lethe::launch

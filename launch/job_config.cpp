@@ -1,0 +1,275 @@
+#include "launch/job_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "storage/record_assignment.h"
+
+namespace lethe::launch {
+
+namespace {
+
+// Walks one YAML mapping: typed reads that name the key in errors, and a final check for keys
+// nobody read (typos such as "epoch" instead of "epochs" must not be silently ignored).
+class Section {
+ public:
+  Section(const YAML::Node& node, std::string prefix, const std::filesystem::path& origin)
+      : node_(node), prefix_(std::move(prefix)), origin_(origin) {
+    if (node_ && !node_.IsNull() && !node_.IsMap()) fail(prefix_.empty() ? "(document)" : prefix_.substr(0, prefix_.size() - 1), "must be a mapping of keys to values");
+  }
+
+  [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+    throw ConfigError(origin_.string() + ": " + key + ": " + what);
+  }
+
+  [[nodiscard]] std::string key(const std::string& name) const { return prefix_ + name; }
+
+  template <typename T>
+  bool read(const std::string& name, T& out, const char* type_name) {
+    seen_.insert(name);
+    if (!node_ || node_.IsNull() || !node_[name]) return false;
+    const auto value = node_[name];
+    if (!value.IsScalar()) fail(key(name), std::string("expected ") + type_name);
+    try {
+      out = value.as<T>();
+    } catch (const YAML::Exception&) {
+      fail(key(name), std::string("expected ") + type_name + ", got '" + value.Scalar() + "'");
+    }
+    return true;
+  }
+
+  template <typename T>
+  bool read_list(const std::string& name, std::vector<T>& out, const char* type_name) {
+    seen_.insert(name);
+    if (!node_ || node_.IsNull() || !node_[name]) return false;
+    const auto value = node_[name];
+    if (!value.IsSequence()) fail(key(name), std::string("expected a list of ") + type_name);
+    out.clear();
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      try {
+        out.push_back(value[i].as<T>());
+      } catch (const YAML::Exception&) {
+        fail(key(name) + "[" + std::to_string(i) + "]", std::string("expected ") + type_name);
+      }
+    }
+    return true;
+  }
+
+  [[nodiscard]] Section child(const std::string& name) {
+    seen_.insert(name);
+    return Section(node_ && node_.IsMap() ? node_[name] : YAML::Node(), prefix_ + name + ".", origin_);
+  }
+
+  void reject_unknown_keys() const {
+    if (!node_ || !node_.IsMap()) return;
+    for (const auto& item : node_) {
+      const auto name = item.first.as<std::string>();
+      if (!seen_.count(name)) {
+        std::string known;
+        for (const auto& k : seen_) known += (known.empty() ? "" : ", ") + k;
+        fail(key(name), "unknown key; known keys here: " + known);
+      }
+    }
+  }
+
+ private:
+  YAML::Node node_;
+  std::string prefix_;
+  std::filesystem::path origin_;
+  std::set<std::string> seen_;
+};
+
+std::filesystem::path resolve(const std::filesystem::path& origin, const std::string& value) {
+  std::filesystem::path p(value);
+  if (p.is_relative()) p = origin.parent_path() / p;
+  return p.lexically_normal();
+}
+
+}  // namespace
+
+JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::path& origin) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(origin.string() + ": not valid YAML: " + e.what());
+  }
+  if (!root.IsMap()) throw ConfigError(origin.string() + ": the job config must be a YAML mapping (key: value)");
+  JobConfig c;
+  c.source = origin;
+  Section top(root, "", origin);
+  std::string text;
+  if (!top.read("dataset", text, "a path")) top.fail("dataset", "missing: name the training dataset file (from `lethe ingest`)");
+  c.dataset = resolve(origin, text);
+  if (top.read("test_dataset", text, "a path")) c.test_dataset = resolve(origin, text);
+  if (!top.read("backbone", text, "a path")) top.fail("backbone", "missing: name the backbone weights file (`lethe pretrain` writes it)");
+  c.backbone = resolve(origin, text);
+  if (top.read("job_dir", text, "a path")) c.job_dir = resolve(origin, text);
+  top.read("seed", c.seed, "a non-negative integer");
+  top.read("device", c.device, "a string");
+  if (c.device != "cpu" && c.device != "cuda") top.fail("device", "'" + c.device + "' is not a device; use cpu or cuda");
+  top.read("threads", c.threads, "an integer");
+  if (c.threads < 1) top.fail("threads", "must be at least 1");
+
+  auto s3t = top.child("s3t");
+  s3t.read("shards", c.s3t.shards, "an integer");
+  s3t.read("slices", c.s3t.slices, "an integer");
+  s3t.read("sequences", c.s3t.sequences, "an integer");
+  if (c.s3t.shards < 1) s3t.fail(s3t.key("shards"), "must be at least 1");
+  if (c.s3t.slices < 1) s3t.fail(s3t.key("slices"), "must be at least 1");
+  if (c.s3t.sequences < 1) s3t.fail(s3t.key("sequences"), "must be at least 1");
+  if (s3t.read("selection", text, "cyclic or bms")) {
+    try {
+      c.s3t.selection = trainer::parse_sequence_selection(text);
+    } catch (const std::invalid_argument& e) {
+      s3t.fail(s3t.key("selection"), e.what());
+    }
+  }
+  s3t.read_list("deletion_probabilities", c.s3t.deletion_probabilities, "numbers");
+  s3t.read("horizon", c.s3t.horizon, "an integer");
+  if (c.s3t.horizon < 1) s3t.fail(s3t.key("horizon"), "must be at least 1");
+  if (c.s3t.selection == trainer::SequenceSelection::kCyclic) {
+    if (c.s3t.sequences > trainer::max_cyclic_sequences(c.s3t.slices)) {
+      s3t.fail(s3t.key("sequences"), std::to_string(c.s3t.sequences) + " distinct sequences of " +
+                                         std::to_string(c.s3t.slices) + " slices do not exist (at most L!)");
+    }
+  } else {
+    if (c.s3t.sequences > c.s3t.slices) s3t.fail(s3t.key("sequences"), "bms builds at most one sequence per slice (sequences <= slices)");
+    if (c.s3t.deletion_probabilities.empty()) {
+      c.s3t.deletion_probabilities.assign(static_cast<std::size_t>(c.s3t.slices), 1.0 / c.s3t.slices);
+    }
+    try {
+      trainer::validate_deletion_probabilities(c.s3t.deletion_probabilities, c.s3t.slices);
+    } catch (const std::invalid_argument& e) {
+      s3t.fail(s3t.key("deletion_probabilities"), e.what());
+    }
+  }
+  s3t.reject_unknown_keys();
+
+  auto model = top.child("model");
+  if (model.read("architecture", text, "mlp or cnn")) {
+    try {
+      c.model.architecture = trainer::parse_architecture(text);
+    } catch (const std::invalid_argument&) {
+      model.fail(model.key("architecture"), "'" + text + "' is not a backbone; use mlp or cnn");
+    }
+  }
+  model.read_list("widths", c.model.widths, "positive integers");
+  model.read("lora_rank", c.model.lora_rank, "an integer");
+  model.read("lora_alpha", c.model.lora_alpha, "a number");
+  model.read("num_classes", c.model.num_classes, "an integer");
+  model.reject_unknown_keys();
+  c.model.sites = c.s3t.slices;
+  if (static_cast<int>(c.model.widths.size()) < c.s3t.slices) {
+    model.fail(model.key("widths"), "has " + std::to_string(c.model.widths.size()) + " blocks but s3t.slices = " +
+                                        std::to_string(c.s3t.slices) + " needs one adapter site per slice; list at least " +
+                                        std::to_string(c.s3t.slices) + " widths");
+  }
+  try {
+    trainer::validate(c.model);
+  } catch (const std::invalid_argument& e) {
+    top.fail("model", e.what());
+  }
+
+  auto training = top.child("training");
+  training.read("epochs", c.training.epochs, "an integer");
+  training.read("batch_size", c.training.batch_size, "an integer");
+  training.read("learning_rate", c.training.learning_rate, "a number");
+  training.read("cache_batch_size", c.training.cache_batch_size, "an integer");
+  training.reject_unknown_keys();
+  if (c.training.epochs < 1) training.fail(training.key("epochs"), "must be at least 1");
+  if (c.training.batch_size < 1) training.fail(training.key("batch_size"), "must be at least 1");
+  if (c.training.cache_batch_size < 1) training.fail(training.key("cache_batch_size"), "must be at least 1");
+  if (!(c.training.learning_rate > 0) || !std::isfinite(c.training.learning_rate)) training.fail(training.key("learning_rate"), "must be a positive number");
+
+  auto pretrain = top.child("pretrain");
+  pretrain.read("epochs", c.pretrain.epochs, "an integer");
+  pretrain.read("batch_size", c.pretrain.batch_size, "an integer");
+  pretrain.read("learning_rate", c.pretrain.learning_rate, "a number");
+  pretrain.reject_unknown_keys();
+  if (c.pretrain.epochs < 1) pretrain.fail(pretrain.key("epochs"), "must be at least 1");
+  if (c.pretrain.batch_size < 1) pretrain.fail(pretrain.key("batch_size"), "must be at least 1");
+  if (!(c.pretrain.learning_rate > 0) || !std::isfinite(c.pretrain.learning_rate)) pretrain.fail(pretrain.key("learning_rate"), "must be a positive number");
+
+  top.reject_unknown_keys();
+  return c;
+}
+
+JobConfig load_job_config(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path.string() + ": cannot read the job config; check the path given to --config");
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_job_config(text.str(), std::filesystem::absolute(path));
+}
+
+nlohmann::json to_json(const JobConfig& c) {
+  return {{"dataset", c.dataset.string()},
+          {"test_dataset", c.test_dataset.string()},
+          {"backbone", c.backbone.string()},
+          {"seed", c.seed},
+          {"device", c.device},
+          {"threads", c.threads},
+          {"model", trainer::to_json(c.model)},
+          {"training",
+           {{"epochs", c.training.epochs},
+            {"batch_size", c.training.batch_size},
+            {"learning_rate", c.training.learning_rate},
+            {"cache_batch_size", c.training.cache_batch_size}}},
+          {"pretrain",
+           {{"epochs", c.pretrain.epochs}, {"batch_size", c.pretrain.batch_size}, {"learning_rate", c.pretrain.learning_rate}}},
+          {"s3t",
+           {{"shards", c.s3t.shards},
+            {"slices", c.s3t.slices},
+            {"sequences", c.s3t.sequences},
+            {"selection", std::string(trainer::to_string(c.s3t.selection))},
+            {"deletion_probabilities", c.s3t.deletion_probabilities},
+            {"horizon", c.s3t.horizon}}}};
+}
+
+std::string config_digest(const JobConfig& config) {
+  auto json = to_json(config);
+  // Where files live does not change what is trained; the device and threads may change rounding,
+  // so they stay in.
+  json.erase("dataset");
+  json.erase("test_dataset");
+  json.erase("backbone");
+  const auto text = json.dump();
+  const auto hash = storage::siphash24(0x6c657468655f6366ULL, 0x6f6e6669675f3031ULL,
+                                       {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
+  return hex;
+}
+
+trainer::S3TJobSpec to_job_spec(const JobConfig& c, const std::filesystem::path& job_dir) {
+  trainer::S3TJobSpec spec;
+  spec.dataset = c.dataset;
+  spec.backbone = c.backbone;
+  spec.job_dir = job_dir.empty() ? c.job_dir : job_dir;
+  if (spec.job_dir.empty()) throw ConfigError(c.source.string() + ": job_dir: missing; set it in the config or pass --job DIR");
+  spec.config_file = c.source;
+  spec.seed = c.seed;
+  spec.device = c.device;
+  spec.threads = c.threads;
+  spec.model = c.model;
+  spec.epochs = c.training.epochs;
+  spec.batch_size = c.training.batch_size;
+  spec.learning_rate = c.training.learning_rate;
+  spec.cache_batch_size = c.training.cache_batch_size;
+  spec.shards = c.s3t.shards;
+  spec.slices = c.s3t.slices;
+  spec.sequences = c.s3t.sequences;
+  spec.selection = c.s3t.selection;
+  spec.deletion_probabilities = c.s3t.deletion_probabilities;
+  spec.horizon = c.s3t.horizon;
+  spec.config = to_json(c);
+  spec.config_digest = config_digest(c);
+  return spec;
+}
+
+}  // namespace lethe::launch

@@ -1,0 +1,188 @@
+#include "trainer/pretrain.h"
+
+#include <chrono>
+#include <random>
+#include <stdexcept>
+
+#include "storage/durable_file.h"
+#include "storage/hdf5.h"
+#include "trainer/s3t_trainer.h"
+
+namespace lethe::trainer {
+
+namespace h5 = storage::h5;
+
+void set_input_shape(ModelConfig& config, const storage::DatasetLayout& layout) {
+  const auto& s = layout.feature_shape;
+  const auto v = [](std::uint64_t x) { return static_cast<std::int64_t>(x); };
+  if (s.size() == 2) {
+    config.input_channels = 1, config.input_height = v(s[0]), config.input_width = v(s[1]);
+  } else if (s.size() == 3) {
+    config.input_channels = v(s[0]), config.input_height = v(s[1]), config.input_width = v(s[2]);
+  } else if (s.size() == 1) {
+    config.input_channels = 1, config.input_height = 1, config.input_width = v(s[0]);
+  } else {
+    throw std::invalid_argument("dataset records have " + std::to_string(s.size()) +
+                                " dimensions; the models take 1 (D), 2 (HxW) or 3 (CxHxW)");
+  }
+}
+
+RecordTensors read_records(const storage::Dataset& dataset, const std::vector<std::uint64_t>& rows,
+                           const ModelConfig& config) {
+  const auto& layout = dataset.layout();
+  const auto n = static_cast<std::int64_t>(rows.size());
+  std::vector<std::uint8_t> bytes(rows.size() * layout.bytes_per_record());
+  dataset.read_features(rows, bytes);
+  const auto values = static_cast<std::int64_t>(layout.values_per_record());
+  if (values != config.input_channels * config.input_height * config.input_width) {
+    throw std::invalid_argument(dataset.path().string() + ": records hold " + std::to_string(values) +
+                                " values but the model expects " +
+                                std::to_string(config.input_channels * config.input_height * config.input_width));
+  }
+  RecordTensors out;
+  const std::vector<std::int64_t> shape{n, config.input_channels, config.input_height, config.input_width};
+  if (layout.feature_type == storage::FeatureType::uint8) {
+    out.inputs = torch::from_blob(bytes.data(), shape, torch::kUInt8).to(torch::kFloat32).div_(255.0);
+  } else {
+    out.inputs = torch::from_blob(bytes.data(), shape, torch::kFloat32).clone();
+  }
+  const auto labels = dataset.labels_of(rows);
+  for (std::size_t i = 0; i < labels.size(); ++i) {
+    if (labels[i] < 0 || labels[i] >= config.num_classes) {
+      throw std::invalid_argument(dataset.path().string() + ": record '" + std::string(dataset.id(rows[i])) +
+                                  "' has label " + std::to_string(labels[i]) + " outside [0, " +
+                                  std::to_string(config.num_classes) + "); raise model.num_classes");
+    }
+  }
+  out.labels = torch::tensor(std::vector<std::int64_t>(labels.begin(), labels.end()), torch::kInt64);
+  return out;
+}
+
+PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const PretrainOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  model.set_active_depth(0);
+  auto params = model.select_trainable_backbone();
+  torch::optim::Adam optimizer(params, torch::optim::AdamOptions(options.learning_rate));
+  const auto device = model.head_weight().device();
+  const auto inputs = data.inputs.to(device);
+  const auto labels = data.labels.to(device);
+  const auto n = inputs.size(0);
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+  PretrainReport report;
+  report.records = n;
+  for (int epoch = 0; epoch < options.epochs; ++epoch) {
+    std::mt19937_64 engine(mix_seed(options.seed, 3, static_cast<std::uint64_t>(epoch)));
+    for (std::size_t k = order.size(); k > 1; --k) std::swap(order[k - 1], order[static_cast<std::size_t>(engine() % k)]);
+    const auto all = torch::tensor(order, torch::kInt64).to(device);
+    double loss_sum = 0;
+    std::int64_t batches = 0;
+    for (std::int64_t s = 0; s < n; s += options.batch_size) {
+      const auto index = all.slice(0, s, std::min(n, s + options.batch_size));
+      optimizer.zero_grad();
+      auto loss = torch::cross_entropy_loss(model.forward(inputs.index_select(0, index)), labels.index_select(0, index));
+      loss.backward();
+      optimizer.step();
+      loss_sum += loss.item<double>();
+      ++batches;
+    }
+    report.final_loss = batches ? loss_sum / static_cast<double>(batches) : 0.0;
+  }
+  model.freeze_all();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+namespace {
+
+std::string dataset_name(const std::string& tensor_name) {
+  std::string name = tensor_name;  // "blocks.0.weight" -> "blocks/0/weight"
+  for (auto& ch : name) {
+    if (ch == '.') ch = '/';
+  }
+  return name;
+}
+
+// H5Lexists on "a/b/c" fails unless "a" and "a/b" exist, so test each component in turn.
+bool link_exists(hid_t file, const std::string& path) {
+  for (std::size_t end = path.find('/'); ; end = path.find('/', end + 1)) {
+    const auto prefix = path.substr(0, end);
+    if (H5Lexists(file, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    if (end == std::string::npos) return true;
+  }
+}
+
+}  // namespace
+
+void save_backbone(LetheModel& model, const std::filesystem::path& path, const nlohmann::json& metadata) {
+  h5::silence_error_printing();
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+  const auto tmp = storage::temp_path_for(path);
+  {
+    auto file = h5::create_file(tmp.string());
+    h5::write_string_attribute(file.get(), "lethe_format", "lethe-backbone");
+    h5::write_string_attribute(file.get(), "model", to_json(model.config()).dump());
+    h5::write_string_attribute(file.get(), "metadata", metadata.dump());
+    h5::PropList lcpl(H5Pcreate(H5P_LINK_CREATE));
+    h5::check(H5Pset_create_intermediate_group(lcpl.get(), 1), "backbone " + tmp.string());
+    for (auto& [name, tensor] : model.backbone_and_head_tensors()) {
+      const auto data = tensor.detach().to(torch::kCPU).to(torch::kFloat32).contiguous();
+      std::vector<hsize_t> dims(data.sizes().begin(), data.sizes().end());
+      h5::Dataspace space(h5::check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+                                    "backbone dataspace " + name));
+      const auto where = "writing '" + dataset_name(name) + "' in " + tmp.string();
+      h5::Dataset dataset(h5::check(H5Dcreate2(file.get(), dataset_name(name).c_str(), H5T_IEEE_F32LE, space.get(),
+                                               lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
+                                    where));
+      h5::check(H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data_ptr<float>()), where);
+    }
+    h5::check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "flushing " + tmp.string());
+  }
+  storage::commit_file(tmp, path);
+}
+
+void load_backbone(LetheModel& model, const std::filesystem::path& path) {
+  h5::silence_error_printing();
+  if (!std::filesystem::exists(path)) {
+    throw storage::StorageError("backbone file " + path.string() +
+                                " does not exist; run `lethe pretrain --config ...` first or fix `backbone:`");
+  }
+  auto file = h5::open_file(path.string(), false);
+  std::vector<std::pair<torch::Tensor*, torch::Tensor>> loaded;
+  auto tensors = model.backbone_and_head_tensors();
+  for (auto& [name, target] : tensors) {
+    const auto dname = dataset_name(name);
+    if (!link_exists(file.get(), dname)) {
+      throw storage::StorageError("backbone file " + path.string() + " has no dataset '" + dname + "' (the model config has " +
+                                  std::to_string(model.num_blocks()) + " blocks); see docs/BACKBONE.md for the layout");
+    }
+    const auto where = "reading '" + dname + "' in backbone file " + path.string();
+    h5::Dataset dataset(h5::check(H5Dopen2(file.get(), dname.c_str(), H5P_DEFAULT), where));
+    h5::Dataspace space(h5::check(H5Dget_space(dataset.get()), where));
+    const int rank = h5::check(H5Sget_simple_extent_ndims(space.get()), where);
+    std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+    h5::check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), where);
+    std::vector<std::int64_t> shape(dims.begin(), dims.end());
+    if (shape != target.sizes().vec()) {
+      throw storage::StorageError("backbone file " + path.string() + ": '" + dname + "' has shape " +
+                                  c10::str(at::IntArrayRef(shape)) + " but the model config (architecture " +
+                                  to_string(model.config().architecture) + ", widths, input shape, num_classes) expects " +
+                                  c10::str(target.sizes()) + "; pretrain a backbone for this config or fix model:");
+    }
+    h5::Datatype type(h5::check(H5Dget_type(dataset.get()), where));
+    if (H5Tget_class(type.get()) != H5T_FLOAT) throw storage::StorageError(where + ": expected floating-point values");
+    auto values = torch::empty(shape, torch::kFloat32);
+    h5::check(H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data_ptr<float>()), where);
+    loaded.emplace_back(&target, values);
+  }
+  // The file has extra blocks: the config would silently use a truncated backbone.
+  const auto extra = "blocks/" + std::to_string(model.num_blocks());
+  if (link_exists(file.get(), extra)) {
+    throw storage::StorageError("backbone file " + path.string() + " has more blocks than model.widths lists (" +
+                                std::to_string(model.num_blocks()) + "); fix model.widths");
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [target, values] : loaded) target->copy_(values.to(target->device()));
+}
+
+}  // namespace lethe::trainer

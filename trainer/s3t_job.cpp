@@ -1,0 +1,420 @@
+#include "trainer/s3t_job.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "storage/checkpoint_store.h"
+#include "storage/dataset.h"
+#include "storage/durable_file.h"
+#include "storage/error.h"
+#include "storage/record_assignment.h"
+#include "trainer/activation_cache.h"
+#include "trainer/ensemble.h"
+#include "trainer/pretrain.h"
+#include "trainer/s3t_trainer.h"
+
+namespace lethe::trainer {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kManifestFormat = "lethe-s3t-job";
+
+fs::path manifest_path(const fs::path& job_dir) { return job_dir / "manifest.json"; }
+
+void write_text_durably(const fs::path& path, const std::string& text) {
+  const auto tmp = storage::temp_path_for(path);
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out.flush()) throw storage::StorageError("cannot write " + tmp.string() + ": check space and permissions");
+  }
+  storage::commit_file(tmp, path);
+}
+
+json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw storage::StorageError("cannot read " + path.string());
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw storage::StorageError(path.string() + " is not valid JSON (" + e.what() + "); the job directory is damaged");
+  }
+}
+
+void copy_durably(const fs::path& from, const fs::path& to) {
+  const auto tmp = storage::temp_path_for(to);
+  fs::copy_file(from, tmp, fs::copy_options::overwrite_existing);
+  storage::commit_file(tmp, to);
+}
+
+std::vector<storage::TensorData> to_tensor_data(const PrefixState& state) {
+  std::vector<storage::TensorData> out;
+  for (const auto& [name, tensor] : state.tensors) {
+    const auto t = tensor.to(torch::kCPU).to(torch::kFloat32).contiguous();
+    out.push_back(storage::TensorData::from_floats(name, t.sizes().vec(),
+                                                   {t.data_ptr<float>(), static_cast<std::size_t>(t.numel())}));
+  }
+  return out;
+}
+
+PrefixState from_checkpoint(const storage::Checkpoint& checkpoint) {
+  PrefixState state;
+  state.prefix = checkpoint.info.metadata.at("prefix").get<int>();
+  for (const auto& tensor : checkpoint.tensors) {
+    auto values = tensor.floats();
+    state.tensors.emplace_back(tensor.name, torch::tensor(values, torch::kFloat32).reshape(tensor.shape));
+  }
+  return state;
+}
+
+// Rank 0's failure (or success) reaches every rank, so no rank waits in a collective for a peer
+// that has already given up.
+void agree_on_failure(comm::Communicator& comm, const std::string& error, const std::string& what) {
+  std::int32_t failed = error.empty() ? 0 : 1;
+  comm.allreduce({&failed, 1, comm::DataType::kInt32}, comm::ReduceOp::kMax);
+  if (!error.empty()) throw std::runtime_error(error);
+  if (failed != 0) {
+    throw std::runtime_error("rank " + std::to_string(comm.rank()) + ": another rank failed while " + what +
+                             "; its error is printed above");
+  }
+}
+
+// The committed prefixes of a series: prefix -> (version, digest), latest version per prefix.
+std::map<int, storage::CheckpointInfo> committed_prefixes(const storage::CheckpointStore& store, const std::string& name) {
+  std::map<int, storage::CheckpointInfo> out;
+  for (auto& info : store.versions(name)) {
+    if (info.metadata.contains("prefix")) out[info.metadata["prefix"].get<int>()] = info;
+  }
+  return out;
+}
+
+std::uint64_t records_digest(const storage::Dataset& dataset, const std::vector<std::uint64_t>& rows,
+                             const std::vector<std::int64_t>& indices) {
+  std::string ids;
+  for (const auto i : indices) {
+    ids += dataset.id(rows[static_cast<std::size_t>(i)]);
+    ids += '\n';
+  }
+  return storage::siphash24(1, 2, {reinterpret_cast<const std::uint8_t*>(ids.data()), ids.size()});
+}
+
+struct ShardRecords {
+  std::vector<std::uint64_t> rows;
+  std::vector<int> slice_of_record;
+};
+
+// Non-public live records per shard, and each one's slice, from the dataset's keyed hash.
+std::vector<ShardRecords> assign_records(const storage::Dataset& dataset, const S3TJobSpec& spec) {
+  storage::RecordFilter filter;
+  filter.public_records = storage::PublicRecords::exclude;
+  std::vector<ShardRecords> shards(static_cast<std::size_t>(spec.shards));
+  const auto rows = dataset.select(filter);
+  for (const auto row : rows) {
+    const auto a = dataset.assigner().assign(dataset.id(row), spec.shards, spec.slices);
+    auto& shard = shards[static_cast<std::size_t>(a.shard)];
+    shard.rows.push_back(row);
+    shard.slice_of_record.push_back(a.slice);
+  }
+  for (int k = 0; k < spec.shards; ++k) {
+    std::vector<int> counts(static_cast<std::size_t>(spec.slices), 0);
+    for (const auto s : shards[static_cast<std::size_t>(k)].slice_of_record) ++counts[static_cast<std::size_t>(s)];
+    for (int s = 0; s < spec.slices; ++s) {
+      if (counts[static_cast<std::size_t>(s)] == 0) {
+        throw std::invalid_argument(spec.config_file.string() + ": s3t.slices: shard " + std::to_string(k) + " slice " +
+                                    std::to_string(s) + " has no records (" + std::to_string(rows.size()) +
+                                    " non-public records in " + dataset.path().string() + " for " +
+                                    std::to_string(spec.shards) + " shards x " + std::to_string(spec.slices) +
+                                    " slices); lower s3t.shards or s3t.slices");
+      }
+    }
+  }
+  return shards;
+}
+
+json initial_manifest(const S3TJobSpec& spec, const ModelConfig& model, const std::vector<SliceOrder>& orders) {
+  json shards = json::array();
+  for (int k = 0; k < spec.shards; ++k) {
+    json series = json::array();
+    for (int b = 0; b < spec.sequences; ++b) series.push_back({{"sequence", b}, {"name", series_name(k, b)}, {"prefixes", json::array()}});
+    shards.push_back({{"shard", k}, {"plan", shard_plan_to_json(make_shard_plan(spec.slices, orders, 0))}, {"series", series}});
+  }
+  return {{"format", kManifestFormat},
+          {"format_version", 1},
+          {"status", "training"},
+          {"config_digest", spec.config_digest},
+          {"config", spec.config},
+          {"dataset", fs::absolute(spec.dataset).string()},
+          {"backbone", "backbone.h5"},
+          {"checkpoints", "checkpoints"},
+          {"model", to_json(model)},
+          {"shards", shards}};
+}
+
+void prepare_job_dir(const S3TJobSpec& spec, const ModelConfig& model, const std::vector<SliceOrder>& orders, bool resume) {
+  const auto manifest = manifest_path(spec.job_dir);
+  if (fs::exists(manifest)) {
+    if (!resume) {
+      throw std::runtime_error("job directory " + spec.job_dir.string() +
+                               " already holds a run (manifest.json); pass --resume to continue it or choose another job_dir");
+    }
+    const auto existing = read_json(manifest);
+    if (existing.value("config_digest", "") != spec.config_digest) {
+      throw std::runtime_error("--resume: the config differs from the run in " + spec.job_dir.string() + " (digest " +
+                               existing.value("config_digest", "?") + " there, " + spec.config_digest +
+                               " now); resume with the same config or start a new job_dir");
+    }
+    return;
+  }
+  fs::create_directories(spec.job_dir / "checkpoints");
+  if (!spec.config_file.empty() && fs::exists(spec.config_file)) copy_durably(spec.config_file, spec.job_dir / "config.yaml");
+  write_text_durably(spec.job_dir / "config.json", spec.config.dump(2) + "\n");
+  copy_durably(spec.backbone, spec.job_dir / "backbone.h5");
+  write_text_durably(manifest, initial_manifest(spec, model, orders).dump(2) + "\n");
+}
+
+// Final manifest: every series' committed prefixes, and each plan's surviving prefix accordingly.
+json finish_manifest(const S3TJobSpec& spec, const storage::CheckpointStore& store) {
+  auto manifest = read_json(manifest_path(spec.job_dir));
+  for (auto& shard : manifest["shards"]) {
+    auto plan = shard_plan_from_json(shard["plan"], "manifest.shards.plan");
+    for (auto& series : shard["series"]) {
+      const int b = series["sequence"].get<int>();
+      json prefixes = json::array();
+      int depth = 0;
+      for (const auto& [prefix, info] : committed_prefixes(store, series["name"].get<std::string>())) {
+        prefixes.push_back({{"prefix", prefix}, {"version", info.version}, {"digest", info.digest}});
+        if (prefix == depth + 1) depth = prefix;
+      }
+      series["prefixes"] = prefixes;
+      plan.sequences[static_cast<std::size_t>(b)].surviving_prefix = depth;
+    }
+    shard["plan"] = shard_plan_to_json(plan);
+  }
+  manifest["status"] = "trained";
+  write_text_durably(manifest_path(spec.job_dir), manifest.dump(2) + "\n");
+  return manifest;
+}
+
+}  // namespace
+
+std::string series_name(int shard, int sequence) {
+  return "shard" + std::to_string(shard) + "-seq" + std::to_string(sequence);
+}
+
+std::vector<std::pair<int, int>> jobs_for_rank(int shards, int sequences, int rank, int world) {
+  if (world < 1 || rank < 0 || rank >= world) throw std::invalid_argument("jobs_for_rank: rank outside the world");
+  const int total = shards * sequences;
+  const int begin = static_cast<int>(static_cast<std::int64_t>(total) * rank / world);
+  const int end = static_cast<int>(static_cast<std::int64_t>(total) * (rank + 1) / world);
+  std::vector<std::pair<int, int>> jobs;
+  for (int j = begin; j < end; ++j) jobs.emplace_back(j / sequences, j % sequences);
+  return jobs;
+}
+
+void check_device(const std::string& device, const fs::path& config_file) {
+  if (device == "cpu") return;
+  if (device != "cuda") throw std::invalid_argument(config_file.string() + ": device: '" + device + "'; use cpu or cuda");
+  if (!torch::cuda::is_available()) {
+    throw std::runtime_error(config_file.string() +
+                             ": device: cuda was requested but this libtorch sees no CUDA device (Debian's libtorch "
+                             "is CPU-only; build against a CUDA libtorch on a GPU machine), or set device: cpu");
+  }
+}
+
+S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, bool resume) {
+  const auto start = std::chrono::steady_clock::now();
+  check_device(spec.device, spec.config_file);
+  torch::set_num_threads(spec.threads);
+  const torch::Device device(spec.device == "cuda" ? torch::kCUDA : torch::kCPU);
+  if (!fs::exists(spec.dataset)) {
+    throw std::invalid_argument(spec.config_file.string() + ": dataset: " + spec.dataset.string() +
+                                " does not exist; ingest it first (`lethe ingest ...`) or fix the path");
+  }
+  const auto dataset = storage::Dataset::open(spec.dataset);
+  ModelConfig model_config = spec.model;
+  model_config.sites = spec.slices;
+  set_input_shape(model_config, dataset.layout());
+  validate(model_config);
+  const auto shard_records = assign_records(dataset, spec);
+  const auto orders = select_sequences(spec.selection, spec.slices, spec.sequences, spec.deletion_probabilities, spec.horizon);
+
+  // Check the backbone against the config before anything is written.
+  auto prototype = std::make_shared<LetheModel>(model_config, 0);
+  load_backbone(*prototype, spec.backbone);
+
+  std::string error;
+  if (comm.rank() == 0) {
+    try {
+      prepare_job_dir(spec, model_config, orders, resume);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  agree_on_failure(comm, error, "preparing the job directory");
+
+  storage::CheckpointStore store(spec.job_dir / "checkpoints");
+  const json data_version = {{"file", fs::absolute(spec.dataset).string()},
+                             {"rows", dataset.size()},
+                             {"tombstoned", dataset.tombstoned_count()},
+                             {"dataset_seed", dataset.layout().seed}};
+  S3TRunReport report;
+  const auto jobs = jobs_for_rank(spec.shards, spec.sequences, comm.rank(), comm.size());
+  report.jobs = static_cast<int>(jobs.size());
+  try {
+    std::size_t j = 0;
+    while (j < jobs.size()) {
+      const int shard = jobs[j].first;
+      const auto& records = shard_records[static_cast<std::size_t>(shard)];
+      std::optional<RecordTensors> data;
+      std::optional<ActivationCache> cache;
+      for (; j < jobs.size() && jobs[j].first == shard; ++j) {
+        const int sequence = jobs[j].second;
+        const auto name = series_name(shard, sequence);
+        const auto& order = orders[static_cast<std::size_t>(sequence)];
+        const auto committed = committed_prefixes(store, name);
+        if (!committed.empty() && !resume) {
+          throw std::runtime_error("rank " + std::to_string(comm.rank()) + ": checkpoint series " +
+                                   (store.root() / name).string() + " already exists; pass --resume or use an empty job_dir");
+        }
+        std::optional<PrefixState> resume_state;
+        if (!committed.empty()) {
+          const auto& last = committed.rbegin()->second;
+          try {
+            resume_state = from_checkpoint(store.load(name, last.version));
+          } catch (const std::exception& e) {
+            throw std::runtime_error("rank " + std::to_string(comm.rank()) + ": resuming shard " + std::to_string(shard) +
+                                     " sequence " + std::to_string(sequence) + " from " + last.path.string() +
+                                     " failed: " + e.what() +
+                                     ". Committed checkpoints were left untouched; purge that series (or its newest "
+                                     "version) to retrain it, then --resume again");
+          }
+          report.steps_resumed += resume_state->prefix;
+          if (resume_state->prefix >= spec.slices) continue;
+        }
+        if (!data) {
+          data = read_records(dataset, records.rows, model_config);
+          prototype->to(device);
+          const auto t0 = std::chrono::steady_clock::now();
+          cache = ActivationCache::build(*prototype, data->inputs, spec.cache_batch_size);
+          report.cache_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          spdlog::info("shard {}: {} records, activation cache {:.1f} MiB", shard, records.rows.size(),
+                       static_cast<double>(cache->bytes()) / (1 << 20));
+        }
+        LetheModel model(model_config, 0);
+        model.copy_backbone_and_head_from(*prototype);
+        model.to(device);
+        const auto job_seed = mix_seed(spec.seed, 10, static_cast<std::uint64_t>(shard), static_cast<std::uint64_t>(sequence));
+        S3TTrainer trainer(model, StepOptions{spec.epochs, spec.batch_size, spec.learning_rate});
+        const auto stats = trainer.train_sequence(
+            *cache, data->labels, records.slice_of_record, order, job_seed, resume_state ? &*resume_state : nullptr,
+            [&](const PrefixState& state) {
+              const int i = state.prefix;
+              const auto indices = S3TTrainer::prefix_records(records.slice_of_record, order, i);
+              const json metadata = {
+                  {"kind", "s3t-prefix"},
+                  {"shard", shard},
+                  {"sequence", sequence},
+                  {"prefix", i},
+                  {"slices", std::vector<int>(order.begin(), order.begin() + i)},
+                  {"order", order},
+                  {"records", indices.size()},
+                  {"records_digest", records_digest(dataset, records.rows, indices)},
+                  {"data_version", data_version},
+                  {"seeds", {{"job", spec.seed}, {"sequence", job_seed}, {"adapter", mix_seed(job_seed, 1, i)},
+                             {"step", mix_seed(job_seed, 2, i)}}},
+                  {"training", {{"epochs", spec.epochs}, {"batch_size", spec.batch_size}, {"learning_rate", spec.learning_rate}}},
+                  {"config_digest", spec.config_digest}};
+              const auto info = store.write(name, to_tensor_data(state), metadata);
+              spdlog::info("{}: committed P_{} (version {}, digest {})", name, i, info.version, info.digest.substr(0, 16));
+              ++report.steps_trained;
+            });
+        report.samples += stats.samples;
+        report.train_seconds += stats.seconds;
+      }
+    }
+    error.clear();
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  agree_on_failure(comm, error, "training");
+
+  std::int64_t total = report.samples;
+  comm.allreduce({&total, 1, comm::DataType::kInt64}, comm::ReduceOp::kSum);
+  report.total_samples = total;
+  if (comm.rank() == 0) {
+    try {
+      (void)finish_manifest(spec, store);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  agree_on_failure(comm, error, "writing the manifest");
+  report.digests = json::object();
+  for (int k = 0; k < spec.shards; ++k) {
+    for (int b = 0; b < spec.sequences; ++b) {
+      json list = json::array();
+      for (const auto& [prefix, info] : committed_prefixes(store, series_name(k, b))) list.push_back(info.digest);
+      report.digests[series_name(k, b)] = list;
+    }
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+EvalResult evaluate_job(const fs::path& job_dir, const fs::path& data) {
+  const auto manifest_file = manifest_path(job_dir);
+  if (!fs::exists(manifest_file)) {
+    throw std::runtime_error(job_dir.string() + " is not a trained job directory (no manifest.json); run `lethe train` first");
+  }
+  const auto manifest = read_json(manifest_file);
+  if (manifest.value("format", "") != kManifestFormat) throw std::runtime_error(manifest_file.string() + " is not an S3T job manifest");
+  auto data_path = data;
+  if (data_path.empty()) {
+    const auto test = manifest.at("config").value("test_dataset", "");
+    if (test.empty()) throw std::invalid_argument("no evaluation data: pass --data FILE or set test_dataset in the job config");
+    data_path = test;
+  }
+  const auto model_config = model_config_from_json(manifest.at("model"));
+  LetheModel model(model_config, 0);
+  load_backbone(model, job_dir / manifest.value("backbone", "backbone.h5"));
+  const auto dataset = storage::Dataset::open(data_path);
+  const auto records = read_records(dataset, dataset.select(storage::RecordFilter{}), model_config);
+  const storage::CheckpointStore store(job_dir / manifest.value("checkpoints", "checkpoints"));
+  std::vector<EnsembleMember> members;
+  json shards = json::array();
+  int live = 0;
+  for (const auto& shard : manifest.at("shards")) {
+    const int k = shard.at("shard").get<int>();
+    const auto plan = shard_plan_from_json(shard.at("plan"), "manifest.shards[" + std::to_string(k) + "].plan");
+    const auto choice = serving_choice(plan);
+    if (!choice) {
+      shards.push_back({{"shard", k}, {"sequence", nullptr}, {"depth", 0}});
+      continue;
+    }
+    const auto name = series_name(k, choice->sequence);
+    const auto committed = committed_prefixes(store, name);
+    const auto it = committed.find(choice->depth);
+    if (it == committed.end()) {
+      throw storage::StorageError(name + ": the plan serves prefix " + std::to_string(choice->depth) +
+                                  " but no committed checkpoint holds it; the job directory is inconsistent");
+    }
+    members.push_back({k, choice->sequence, from_checkpoint(store.load(name, it->second.version))});
+    shards.push_back({{"shard", k}, {"sequence", choice->sequence}, {"depth", choice->depth}});
+    ++live;
+  }
+  EvalResult result;
+  result.records = records.labels.size(0);
+  const auto probabilities = ensemble_probabilities(model, members, records.inputs, 1024);
+  result.accuracy = accuracy(probabilities, records.labels);
+  result.models = json::array({{{"name", "s3t"}, {"live_shards", live}, {"shards", shards}}});
+  return result;
+}
+
+}  // namespace lethe::trainer

@@ -1,0 +1,86 @@
+// trainer/s3t_job.h — a whole S3T run over ranks: (shard, sequence) jobs spread deterministically,
+// the job directory (config copy, backbone copy, checkpoints, manifest with plan state), resume, eval.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "comm/communicator.h"
+#include "trainer/model_config.h"
+#include "trainer/s3t_plan.h"
+
+namespace lethe::trainer {
+
+// Everything a run needs, resolved from the job config (launch/job_config.h converts).
+struct S3TJobSpec {
+  std::filesystem::path dataset;
+  std::filesystem::path backbone;
+  std::filesystem::path job_dir;
+  std::filesystem::path config_file;  // copied into the job directory as config.yaml
+  std::uint64_t seed = 0;
+  std::string device = "cpu";
+  int threads = 1;
+  ModelConfig model;  // sites = slices; input shape is taken from the dataset
+  int epochs = 2;
+  std::int64_t batch_size = 128;
+  double learning_rate = 1e-3;
+  std::int64_t cache_batch_size = 1024;
+  int shards = 4;
+  int slices = 4;
+  int sequences = 4;
+  SequenceSelection selection = SequenceSelection::kCyclic;
+  std::vector<double> deletion_probabilities;
+  int horizon = 1;
+  nlohmann::json config;       // canonical config, stored in the manifest
+  std::string config_digest;   // recorded in every checkpoint's metadata
+};
+
+// Job directory layout (docs: DESIGN.md §3, §6):
+//   <job_dir>/config.yaml, config.json   the config as given, and canonical
+//   <job_dir>/backbone.h5                 the frozen backbone the run used
+//   <job_dir>/checkpoints/shard<k>-seq<b>/ one CheckpointStore series per (shard, sequence);
+//                                          version metadata "prefix" = i holds P_i
+//   <job_dir>/manifest.json               plan state per shard (s3t_plan JSON) and, per series,
+//                                          the committed version and digest of every prefix
+[[nodiscard]] std::string series_name(int shard, int sequence);
+
+// The (shard, sequence) jobs of `rank` among `world` ranks: shard-major order cut into contiguous
+// blocks, so a rank's sequences of one shard share one activation cache. Results never depend on it.
+[[nodiscard]] std::vector<std::pair<int, int>> jobs_for_rank(int shards, int sequences, int rank, int world);
+
+struct S3TRunReport {
+  int jobs = 0;           // (shard, sequence) jobs of this rank
+  int steps_trained = 0;  // prefix steps trained by this rank
+  int steps_resumed = 0;  // prefix steps found committed and skipped (--resume)
+  std::int64_t samples = 0;  // training sample passes of this rank
+  double train_seconds = 0;
+  double cache_seconds = 0;
+  double seconds = 0;                // wall time of the whole run, this rank
+  std::int64_t total_samples = 0;    // summed over ranks
+  nlohmann::json digests;            // {series: [digest of P_1, ..., P_L]}: from the final manifest
+};
+
+// Trains every job of this rank. With `resume`, series continue after their last committed prefix
+// (verified on load: a corrupt checkpoint is an error naming it, and nothing committed is touched);
+// without it, a job directory that already holds a manifest is an error. Collective over `comm`.
+S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, bool resume);
+
+struct EvalResult {
+  double accuracy = 0;
+  std::int64_t records = 0;
+  nlohmann::json models;  // [{"name", "live_shards", "shards": [{"shard", "sequence", "depth"}]}]
+};
+
+// Ensemble accuracy of a trained job on `data` (every live record; empty path: the dataset named
+// by the config's test_dataset) using the manifest's plan state to choose each shard's prefix.
+[[nodiscard]] EvalResult evaluate_job(const std::filesystem::path& job_dir, const std::filesystem::path& data);
+
+// Fails with a clear message when `device` is "cuda" and libtorch sees no CUDA device.
+void check_device(const std::string& device, const std::filesystem::path& config_file);
+
+}  // namespace lethe::trainer

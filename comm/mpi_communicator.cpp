@@ -120,9 +120,10 @@ void MpiCommunicator::check_buffer(const BufferView& buffer, std::string_view wh
     throw CommError(rank_label(kBackend, rank_) + ": " + std::string(what) + " of " + std::to_string(buffer.count) +
                     " elements exceeds MPI's limit of 2^31-1 per call; split the buffer");
   }
-  if (buffer.memory == MemoryKind::kCuda && !cuda_built()) {
-    throw CommError(rank_label(kBackend, rank_) + ": " + std::string(what) +
-                    " got a CUDA buffer but this build has no CUDA support; rebuild with CUDA or pass host memory");
+  if (buffer.memory == MemoryKind::kCuda && cuda_device_count() == 0) {
+    throw CommError(rank_label(kBackend, rank_) + ": " + std::string(what) + " got a CUDA buffer, but " +
+                    (cuda_built() ? "no GPU is visible to this process" : "this build has no CUDA support") +
+                    "; pass host memory, or run where each rank has a GPU");
   }
 }
 

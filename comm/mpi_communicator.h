@@ -17,7 +17,8 @@ namespace lethe::comm {
 // Before each collective, every rank sends every peer a small description of the call it made
 // (an arrival) and polls for theirs until the timeout: a rank that never arrives is named in a
 // CommTimeout, a rank that called something else in a CommError. The data then moves through
-// the blocking MPI collective, which Open MPI runs faster than its nonblocking ones. A CommTimeout
+// the blocking MPI collective, which Open MPI runs faster than its nonblocking ones (measured
+// 1.3-2x on 2 ranks). The check costs size()-1 small messages each way per collective. A CommTimeout
 // leaves the communicator unusable; the usual response is to let the process fail, so that
 // mpirun ends the job.
 class MpiCommunicator final : public Communicator {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <thread>
 
@@ -41,6 +42,8 @@ ncclRedOp_t nccl_op(ReduceOp op) {
 struct DeviceIdentity {
   std::array<char, 256> host{};
   std::array<char, 32> pci_bus{};
+  std::int32_t devices = 0;  // GPUs the rank sees
+  std::int32_t device = 0;   // the one it would drive
 };
 
 class NcclCommunicator final : public Communicator {
@@ -184,30 +187,37 @@ class NcclCommunicator final : public Communicator {
   }
 
   // One GPU per rank: the local rank's device, or device 0 where each rank sees one GPU
-  // (CUDA_VISIBLE_DEVICES set per rank); PCI bus ids then catch two ranks on one GPU.
+  // (CUDA_VISIBLE_DEVICES set per rank). Every rank shares what it found before any rank
+  // refuses, so that all ranks fail together, with the same message, instead of some hanging.
   void select_device() {
-    int devices = 0;
-    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-      cudaGetLastError();
-      throw CommError(label() + ": no CUDA device is visible, but the nccl backend needs one GPU per rank; use the "
-                                "mpi backend on machines without a GPU");
-    }
-    device_ = devices == 1 ? 0 : local_rank();
-    if (device_ >= devices) {
-      throw CommError(label() + " is local rank " + std::to_string(local_rank()) + " of " +
-                      std::to_string(local_size()) + " on its node, which has only " + std::to_string(devices) +
-                      " GPUs; NCCL needs one GPU per rank: start at most " + std::to_string(devices) +
-                      " ranks per node, or use the mpi backend");
-    }
-    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
     DeviceIdentity mine;
     gethostname(mine.host.data(), mine.host.size() - 1);
-    check_cuda(cudaDeviceGetPCIBusId(mine.pci_bus.data(), static_cast<int>(mine.pci_bus.size()), device_),
-               "cudaDeviceGetPCIBusId");
+    if (cudaGetDeviceCount(&mine.devices) != cudaSuccess) {
+      cudaGetLastError();
+      mine.devices = 0;
+    }
+    mine.device = mine.devices == 1 ? 0 : local_rank();
+    if (mine.device < mine.devices) {
+      check_cuda(cudaSetDevice(mine.device), "cudaSetDevice");
+      check_cuda(cudaDeviceGetPCIBusId(mine.pci_bus.data(), static_cast<int>(mine.pci_bus.size()) - 1, mine.device),
+                 "cudaDeviceGetPCIBusId");
+    }
     std::vector<DeviceIdentity> all(size());
     mpi_->allgather(BufferView{&mine, sizeof(mine), DataType::kUInt8, MemoryKind::kHost},
                     BufferView{all.data(), sizeof(DeviceIdentity) * all.size(), DataType::kUInt8, MemoryKind::kHost});
-    // Every rank sees the same list, so every rank refuses with the same message.
+    for (int r = 0; r < size(); ++r) {
+      if (all[r].devices == 0) {
+        throw CommError(label() + ": rank " + std::to_string(r) + " on host " + all[r].host.data() +
+                        " sees no CUDA device, but the nccl backend needs one GPU per rank; use the mpi backend on "
+                        "machines without a GPU");
+      }
+      if (all[r].device >= all[r].devices) {
+        throw CommError(label() + ": rank " + std::to_string(r) + " is local rank " + std::to_string(all[r].device) +
+                        " on host " + all[r].host.data() + ", which has only " + std::to_string(all[r].devices) +
+                        " GPUs; NCCL needs one GPU per rank: start at most " + std::to_string(all[r].devices) +
+                        " ranks per node, or use the mpi backend");
+      }
+    }
     for (int a = 0; a < size(); ++a) {
       for (int b = a + 1; b < size(); ++b) {
         if (std::strcmp(all[a].host.data(), all[b].host.data()) == 0 &&
@@ -219,6 +229,7 @@ class NcclCommunicator final : public Communicator {
         }
       }
     }
+    device_ = mine.device;
   }
 
   template <typename Launch>

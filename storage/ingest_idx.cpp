@@ -1,0 +1,85 @@
+#include "storage/ingest_idx.h"
+
+#include <charconv>
+#include <cstdio>
+
+#include "storage/error.h"
+
+namespace lethe::storage {
+
+uint64_t IdxHeader::bytes_per_item() const {
+  uint64_t bytes = 1;
+  for (size_t d = 1; d < dims.size(); ++d) bytes *= dims[d];
+  return bytes;
+}
+
+IdxHeader read_idx_header(GzipInput& input, int rank, const char* role) {
+  uint8_t magic[4];
+  input.read_exact(magic, 4, std::string("the IDX ") + role + " header");
+  const uint32_t expected = 0x0800u | static_cast<uint32_t>(rank);
+  const uint32_t found = (uint32_t{magic[0]} << 24) | (uint32_t{magic[1]} << 16) | (uint32_t{magic[2]} << 8) | magic[3];
+  if (found != expected) {
+    char text[128];
+    std::snprintf(text, sizeof text, "its magic number is 0x%08X, expected 0x%08X (unsigned bytes, %d dimension%s)",
+                  found, expected, rank, rank == 1 ? "" : "s");
+    throw StorageError("'" + input.path().string() + "' is not an IDX " + role + " file: " + text +
+                       "; pass the " + role + " file (e.g. train-" + (rank == 1 ? "labels-idx1" : "images-idx3") +
+                       "-ubyte.gz)");
+  }
+  IdxHeader header;
+  header.type = magic[2];
+  header.dims.resize(rank);
+  for (int d = 0; d < rank; ++d) {
+    uint8_t b[4];
+    input.read_exact(b, 4, std::string("the IDX ") + role + " header");
+    header.dims[d] = (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3];
+    if (d > 0 && header.dims[d] == 0)
+      throw StorageError("'" + input.path().string() + "' declares a zero dimension in its IDX header");
+  }
+  return header;
+}
+
+IngestReport ingest_idx(const IdxSource& source, const IngestOptions& options) {
+  GzipInput labels_input(source.labels);
+  const IdxHeader labels_header = read_idx_header(labels_input, 1, "labels");
+  GzipInput images_input(source.images);
+  const IdxHeader images_header = read_idx_header(images_input, 3, "images");
+  const uint64_t count = images_header.items();
+  if (labels_header.items() != count)
+    throw StorageError("'" + source.images.string() + "' holds " + std::to_string(count) + " images but '" +
+                       source.labels.string() + "' holds " + std::to_string(labels_header.items()) +
+                       " labels: pass the labels file that belongs to these images");
+
+  std::vector<uint8_t> labels(count);
+  labels_input.read_exact(labels.data(), count, std::to_string(count) + " labels");
+  labels_input.expect_end(std::to_string(count) + " labels");
+
+  DatasetLayout layout;
+  layout.feature_type = FeatureType::uint8;
+  layout.feature_shape = {images_header.dims[1], images_header.dims[2]};
+  layout.source = "idx images=" + source.images.string() + " labels=" + source.labels.string();
+  IngestSink sink(options, layout);
+
+  const std::string prefix = (options.id_prefix.empty() ? default_id_prefix(source.images) : options.id_prefix) + "-";
+  const uint64_t image_bytes = images_header.bytes_per_item();
+  constexpr uint64_t kBlockImages = 4096;
+  std::vector<uint8_t> block(kBlockImages * image_bytes);
+  std::string id = prefix;
+  for (uint64_t first = 0; first < count; first += kBlockImages) {
+    const uint64_t n = std::min(kBlockImages, count - first);
+    images_input.read_exact(block.data(), n * image_bytes,
+                            "images " + std::to_string(first) + ".." + std::to_string(first + n - 1) + " of " +
+                                std::to_string(count));
+    for (uint64_t i = 0; i < n; ++i) {
+      char digits[24];
+      const auto end = std::to_chars(digits, digits + sizeof digits, first + i).ptr;
+      id.resize(prefix.size());
+      id.append(digits, end);
+      sink.add(id, {}, labels[first + i], {block.data() + i * image_bytes, image_bytes});
+    }
+  }
+  images_input.expect_end(std::to_string(count) + " images");
+  return sink.commit();
+}
+
+}  // namespace lethe::storage

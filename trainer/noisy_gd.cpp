@@ -1,0 +1,318 @@
+#include "trainer/noisy_gd.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <numbers>
+#include <span>
+#include <utility>
+#include <vector>
+
+namespace lethe::trainer {
+namespace {
+
+constexpr const char* kCheckpointKind = "noisy_gd_softmax";
+
+std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// Uniform in (0, 1]: never 0, so log() in Box-Muller is finite.
+double unit_interval(std::uint64_t bits) { return static_cast<double>((bits >> 11) + 1) * 0x1.0p-53; }
+
+nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
+
+nlohmann::json params_json(const NoisyGdParams& p) {
+  return {{"lambda", p.lambda}, {"eta", p.eta}, {"sigma", p.sigma}, {"clip", p.clip}, {"beta", p.beta}};
+}
+
+}  // namespace
+
+at::Tensor normalize_features(const at::Tensor& features) {
+  if (features.dim() != 2 || !features.is_floating_point())
+    throw NoisyGdError("normalize_features: expected a 2-d floating tensor (rows, d), got " +
+                       std::to_string(features.dim()) + " dimensions of " + std::string(features.dtype().name()));
+  const at::Tensor x = features.to(torch::kFloat64);
+  const at::Tensor with_bias = torch::cat({x, torch::ones({x.size(0), 1}, x.options())}, 1);
+  return with_bias / with_bias.norm(2, {1}, /*keepdim=*/true);  // norm >= 1: never divides by 0
+}
+
+at::Tensor step_noise(std::uint64_t seed, std::int64_t step, std::int64_t rows, std::int64_t cols) {
+  if (rows < 0 || cols < 0 || step < 0)
+    throw NoisyGdError("step_noise: rows, cols and step must be >= 0, got " + std::to_string(rows) + ", " +
+                       std::to_string(cols) + ", " + std::to_string(step));
+  at::Tensor noise = torch::empty({rows, cols}, torch::kFloat64);
+  double* out = noise.data_ptr<double>();
+  const std::int64_t count = rows * cols;
+  // One independent splitmix64 stream per (seed, step), indexed by the element pair.
+  const std::uint64_t base = splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(step) + 0x5851f42d4c957f2dULL));
+  for (std::int64_t pair = 0; 2 * pair < count; ++pair) {
+    const double u1 = unit_interval(splitmix64(base + 2 * static_cast<std::uint64_t>(pair)));
+    const double u2 = unit_interval(splitmix64(base + 2 * static_cast<std::uint64_t>(pair) + 1));
+    const double radius = std::sqrt(-2.0 * std::log(u1));
+    const double angle = 2.0 * std::numbers::pi * u2;
+    out[2 * pair] = radius * std::cos(angle);
+    if (2 * pair + 1 < count) out[2 * pair + 1] = radius * std::sin(angle);
+  }
+  return noise;
+}
+
+nlohmann::json to_json(const DeletionReceipt& r) {
+  return {
+      {"route", r.retrained ? "retrain" : "noisy_steps"},
+      {"deleted", r.deleted},
+      {"n_before", r.n_before},
+      {"n_after", r.n_after},
+      {"unlearning_steps", r.unlearning_steps},
+      {"steps_run", r.steps_run},
+      {"retrained", r.retrained},
+      {"epsilon", r.epsilon},
+      {"delta", r.delta},
+      {"alpha", finite_or_null(r.alpha)},
+      {"z", r.z},
+      {"dp_epsilon", r.dp_epsilon},
+      {"assumptions", [&] {
+         nlohmann::json a = params_json(r.assumptions);
+         a["M"] = r.gradient_bound;
+         a["n"] = r.n_after;
+         return a;
+       }()},
+      {"certified", r.certified},
+      {"wall_seconds", r.wall_seconds},
+  };
+}
+
+NoisyGdModel::NoisyGdModel(NoisyGdConfig config, comm::Communicator& comm)
+    : config_(std::move(config)), comm_(&comm) {
+  validate(config_.params);
+  if (config_.num_features < 1 || config_.num_classes < 2)
+    throw NoisyGdError("noisy GD: needs num_features >= 1 and num_classes >= 2, got " +
+                       std::to_string(config_.num_features) + " and " + std::to_string(config_.num_classes));
+  if (config_.train_steps < 1)
+    throw NoisyGdError("noisy GD: train_steps = " + std::to_string(config_.train_steps) + " must be >= 1");
+  if (!(config_.target_epsilon > 0.0) || !std::isfinite(config_.target_epsilon))
+    throw AccountantError("accountant: target epsilon = " + std::to_string(config_.target_epsilon) + " must be > 0");
+  weights_ = torch::zeros({config_.num_features, config_.num_classes}, torch::kFloat64);
+}
+
+const Accountant& NoisyGdModel::accountant() const {
+  if (!accountant_) throw NoisyGdError("noisy GD: the model has not been trained yet: call train() first");
+  return *accountant_;
+}
+
+void NoisyGdModel::check_features(const at::Tensor& features, const char* what) const {
+  const std::string where = std::string("noisy GD ") + what + " on rank " + std::to_string(comm_->rank()) + ": ";
+  if (!features.defined() || features.dim() != 2 || features.size(1) != config_.num_features ||
+      features.scalar_type() != torch::kFloat64)
+    throw NoisyGdError(where + "features must be float64 (rows, " + std::to_string(config_.num_features) +
+                       ") from normalize_features()" +
+                       (features.defined() ? ", got " + std::to_string(features.dim()) + "-d " +
+                                                 std::string(features.dtype().name())
+                                           : std::string(", got none")));
+}
+
+void NoisyGdModel::check_data(const LocalData& data, const char* what) const {
+  check_features(data.features, what);
+  const std::string where = std::string("noisy GD ") + what + " on rank " + std::to_string(comm_->rank()) + ": ";
+  if (!data.labels.defined()) throw NoisyGdError(where + "labels missing");
+  if (data.labels.dim() != 1 || data.labels.size(0) != data.features.size(0) ||
+      data.labels.scalar_type() != torch::kInt64)
+    throw NoisyGdError(where + "labels must be int64 with one entry per feature row (" +
+                       std::to_string(data.features.size(0)) + ")");
+  if (data.labels.numel() > 0 &&
+      (data.labels.min().item<std::int64_t>() < 0 || data.labels.max().item<std::int64_t>() >= config_.num_classes))
+    throw NoisyGdError(where + "labels must lie in [0, " + std::to_string(config_.num_classes) + ")");
+}
+
+std::int64_t NoisyGdModel::global_count(const LocalData& data) {
+  std::int64_t count = data.labels.numel();
+  comm_->allreduce({&count, 1, comm::DataType::kInt64, comm::MemoryKind::kHost}, comm::ReduceOp::kSum);
+  return count;
+}
+
+at::Tensor NoisyGdModel::full_gradient(const LocalData& data) {
+  check_data(data, "gradient");
+  const std::int64_t n = global_count(data);
+  if (n < 1) throw NoisyGdError("noisy GD gradient: no records on any rank");
+  return gradient(data, n);
+}
+
+at::Tensor NoisyGdModel::gradient(const LocalData& data, std::int64_t n) {
+  const at::Tensor& x = data.features;
+  const at::Tensor probabilities = torch::softmax(x.mm(weights_), 1);
+  // d loss / d logits = p - e_y; the example's gradient x (p - e_y)^T has norm ||x|| ||p - e_y||.
+  at::Tensor residual = probabilities - torch::one_hot(data.labels, config_.num_classes).to(torch::kFloat64);
+  const at::Tensor norms = x.norm(2, {1}) * residual.norm(2, {1});
+  const at::Tensor scale = torch::clamp_max(config_.params.clip / norms, 1.0);  // norm 0 -> inf -> 1
+  at::Tensor sum = x.t().mm(residual * scale.unsqueeze(1)).contiguous();
+  comm_->allreduce({sum.data_ptr<double>(), static_cast<std::size_t>(sum.numel()), comm::DataType::kFloat64,
+                    comm::MemoryKind::kHost},
+                   comm::ReduceOp::kSum);
+  return sum / static_cast<double>(n) + config_.params.lambda * weights_;
+}
+
+void NoisyGdModel::run_steps(const LocalData& data, std::int64_t n, std::int64_t steps) {
+  if (n < 1) throw NoisyGdError("noisy GD: no records on any rank to train on");
+  const double noise_scale = std::sqrt(step_noise_variance(config_.params));
+  for (std::int64_t k = 0; k < steps; ++k) {
+    weights_ = weights_ - config_.params.eta * gradient(data, n) +
+               noise_scale * step_noise(config_.seed, step_, config_.num_features, config_.num_classes);
+    ++step_;
+  }
+}
+
+void NoisyGdModel::train(const LocalData& data) {
+  check_data(data, "train");
+  const std::int64_t n = global_count(data);
+  accountant_.emplace(config_.params, n, config_.delta);
+  weights_ = torch::zeros({config_.num_features, config_.num_classes}, torch::kFloat64);
+  run_steps(data, n, config_.train_steps);
+  accountant_->record_training(config_.train_steps);
+}
+
+void NoisyGdModel::continue_training(const LocalData& data, std::int64_t steps) {
+  check_data(data, "continue_training");
+  if (steps < 0) throw NoisyGdError("noisy GD continue_training: steps = " + std::to_string(steps) + " must be >= 0");
+  const std::int64_t n = global_count(data);
+  if (n != accountant().current_n())
+    throw NoisyGdError("noisy GD continue_training: the data holds " + std::to_string(n) +
+                       " records but the model was trained on " + std::to_string(accountant().current_n()) +
+                       ": remove records through delete_records() so that the accountant knows");
+  run_steps(data, n, steps);
+  accountant_->record_training(steps);
+}
+
+DeletionReceipt NoisyGdModel::delete_records(const LocalData& remaining) {
+  const auto start = std::chrono::steady_clock::now();
+  check_data(remaining, "delete_records");
+  const std::int64_t n_before = accountant().current_n();
+  const std::int64_t n_after = global_count(remaining);
+  if (n_after > n_before)
+    throw NoisyGdError("noisy GD delete_records: the remaining data holds " + std::to_string(n_after) +
+                       " records, more than the " + std::to_string(n_before) + " the model was trained on");
+  accountant_->record_deletion(n_before - n_after);  // refuses deleting every record
+  const DeletionPlan plan = accountant_->plan_deletion(config_.target_epsilon);
+
+  DeletionReceipt receipt;
+  receipt.deleted = n_before - n_after;
+  receipt.n_before = n_before;
+  receipt.n_after = n_after;
+  receipt.unlearning_steps = plan.steps;
+  receipt.z = plan.z;
+  receipt.delta = plan.unlearning.delta;
+  receipt.assumptions = config_.params;
+  receipt.gradient_bound = gradient_bound(config_.params);
+  receipt.certified = plan.certified;
+  receipt.retrained = retrain_is_cheaper(plan.steps, config_.train_steps);
+  if (receipt.retrained) {
+    // A model retrained from theta = 0 on the remaining data never saw the deleted records.
+    weights_ = torch::zeros_like(weights_);
+    accountant_->reset_history();
+    run_steps(remaining, n_after, config_.train_steps);
+    accountant_->record_training(config_.train_steps);
+    receipt.steps_run = config_.train_steps;
+    receipt.epsilon = 0.0;
+    receipt.alpha = std::numeric_limits<double>::infinity();
+  } else {
+    run_steps(remaining, n_after, plan.steps);
+    accountant_->record_training(plan.steps);
+    receipt.steps_run = plan.steps;
+    receipt.epsilon = plan.unlearning.epsilon;
+    receipt.alpha = plan.unlearning.alpha;
+  }
+  receipt.dp_epsilon = accountant_->remaining_dp().epsilon;
+  receipt.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return receipt;
+}
+
+at::Tensor NoisyGdModel::example_losses(const at::Tensor& features, const at::Tensor& labels) const {
+  check_data({features, labels}, "example_losses");
+  const at::Tensor log_probabilities = torch::log_softmax(features.mm(weights_), 1);
+  return -log_probabilities.gather(1, labels.unsqueeze(1)).squeeze(1);
+}
+
+at::Tensor NoisyGdModel::predict(const at::Tensor& features) const {
+  check_features(features, "predict");
+  return features.mm(weights_).argmax(1);
+}
+
+double NoisyGdModel::accuracy(const LocalData& data) {
+  check_data(data, "accuracy");
+  std::int64_t counts[2] = {predict(data.features).eq(data.labels).sum().item<std::int64_t>(), data.labels.numel()};
+  comm_->allreduce({counts, 2, comm::DataType::kInt64, comm::MemoryKind::kHost}, comm::ReduceOp::kSum);
+  if (counts[1] == 0) throw NoisyGdError("noisy GD accuracy: no records on any rank");
+  return static_cast<double>(counts[0]) / static_cast<double>(counts[1]);
+}
+
+storage::CheckpointInfo NoisyGdModel::save(storage::CheckpointStore& store, const std::string& name) const {
+  const Accountant& acc = accountant();
+  nlohmann::json history = nlohmann::json::array();
+  for (const Phase& phase : acc.history()) history.push_back({phase.n, phase.steps, phase.deleted_since});
+  nlohmann::json metadata{
+      {"kind", kCheckpointKind},
+      {"config",
+       {{"params", params_json(config_.params)},
+        {"num_features", config_.num_features},
+        {"num_classes", config_.num_classes},
+        {"train_steps", config_.train_steps},
+        {"target_epsilon", config_.target_epsilon},
+        {"delta", config_.delta ? nlohmann::json(*config_.delta) : nlohmann::json()},
+        {"seed", config_.seed}}},
+      {"accountant", {{"n", acc.current_n()}, {"delta", acc.delta()}, {"history", history}}},
+      {"next_step", step_},
+  };
+  const at::Tensor w = weights_.contiguous();
+  std::vector<storage::TensorData> tensors{storage::TensorData::from_values<double>(
+      "weights", {config_.num_features, config_.num_classes},
+      std::span<const double>(w.data_ptr<double>(), static_cast<std::size_t>(w.numel())))};
+  return store.write(name, tensors, metadata);
+}
+
+NoisyGdModel NoisyGdModel::load(const storage::CheckpointStore& store, const std::string& name,
+                                comm::Communicator& comm) {
+  const storage::Checkpoint checkpoint = store.load_latest(name);
+  const nlohmann::json& meta = checkpoint.info.metadata;
+  const std::string where = "noisy GD load of checkpoint '" + name + "' version " +
+                            std::to_string(checkpoint.info.version) + " (" + checkpoint.info.path.string() + "): ";
+  if (!meta.is_object() || meta.value("kind", "") != kCheckpointKind)
+    throw NoisyGdError(where + "not a noisy-GD model (metadata kind is not '" + kCheckpointKind + "')");
+  try {
+    const nlohmann::json& c = meta.at("config");
+    NoisyGdConfig config;
+    const nlohmann::json& p = c.at("params");
+    config.params = {p.at("lambda").get<double>(), p.at("eta").get<double>(), p.at("sigma").get<double>(),
+                     p.at("clip").get<double>(), p.at("beta").get<double>()};
+    config.num_features = c.at("num_features").get<std::int64_t>();
+    config.num_classes = c.at("num_classes").get<std::int64_t>();
+    config.train_steps = c.at("train_steps").get<std::int64_t>();
+    config.target_epsilon = c.at("target_epsilon").get<double>();
+    if (!c.at("delta").is_null()) config.delta = c.at("delta").get<double>();
+    config.seed = c.at("seed").get<std::uint64_t>();
+
+    NoisyGdModel model(config, comm);
+    const nlohmann::json& a = meta.at("accountant");
+    std::vector<Phase> history;
+    for (const nlohmann::json& phase : a.at("history"))
+      history.push_back({phase.at(0).get<std::int64_t>(), phase.at(1).get<std::int64_t>(), phase.at(2).get<std::int64_t>()});
+    model.accountant_.emplace(config.params, a.at("n").get<std::int64_t>(), std::move(history),
+                              a.at("delta").get<double>());
+    model.step_ = meta.at("next_step").get<std::int64_t>();
+    const std::vector<double> values = checkpoint.tensor("weights").values<double>();
+    if (static_cast<std::int64_t>(values.size()) != config.num_features * config.num_classes)
+      throw NoisyGdError(where + "weights hold " + std::to_string(values.size()) + " values, expected " +
+                         std::to_string(config.num_features * config.num_classes));
+    model.weights_ = torch::from_blob(const_cast<double*>(values.data()), {config.num_features, config.num_classes},
+                                      torch::kFloat64)
+                         .clone();
+    return model;
+  } catch (const nlohmann::json::exception& e) {
+    throw NoisyGdError(where + "malformed metadata: " + e.what());
+  }
+}
+
+}  // namespace lethe::trainer

@@ -195,8 +195,11 @@ DeletionReceipt NoisyGdModel::delete_records(const LocalData& remaining) {
   if (n_after > n_before)
     throw NoisyGdError("noisy GD delete_records: the remaining data holds " + std::to_string(n_after) +
                        " records, more than the " + std::to_string(n_before) + " the model was trained on");
-  accountant_->record_deletion(n_before - n_after);  // refuses deleting every record
-  const DeletionPlan plan = accountant_->plan_deletion(config_.target_epsilon);
+  // Plan on a copy: a refusal (every record deleted, target unreachable) leaves the model as it was.
+  Accountant next = *accountant_;
+  next.record_deletion(n_before - n_after);
+  const DeletionPlan plan = next.plan_deletion(config_.target_epsilon);
+  accountant_ = std::move(next);
 
   DeletionReceipt receipt;
   receipt.deleted = n_before - n_after;

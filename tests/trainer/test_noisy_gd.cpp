@@ -225,6 +225,7 @@ TEST(NoisyGdDeletion, RefusesInconsistentData) {
   EXPECT_THROW((void)model.accountant(), NoisyGdError);
   model.train(data);
   EXPECT_THROW((void)model.delete_records(rows_of(data, 0, 0)), AccountantError);  // deletes all 20
+  EXPECT_EQ(model.accountant().current_n(), 20);  // the refusal changed nothing
   const LocalData more = synthetic_data(25, 62);
   EXPECT_THROW((void)model.delete_records(more), NoisyGdError);
   EXPECT_THROW(model.continue_training(rows_of(data, 0, 10), 5), NoisyGdError);

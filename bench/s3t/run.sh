@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# S3T benchmark (docs/BENCHMARKS.md "S3T training"): Fashion-MNIST, 4x4x4 S3T vs the 1x1x1 full
+# baseline vs the backbone's head alone, and Lethe's throughput vs the straightforward PyTorch peer
+# (bench/s3t/s3t_pytorch.py), in one run. Usage: bench/s3t/run.sh [BUILD_DIR] [RANKS]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+build=${1:-$root/build}
+ranks=${2:-1}
+lethe="$build/lethe --log-level warn"
+fm=${LETHE_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
+# Data, backbone and job directories live under the build directory (ignored by git); the example
+# configs are copied there with their ../../data and ../../runs paths pointed at it.
+work="$build/bench-s3t"
+mkdir -p "$work/data" "$work/runs" "$work/launch/examples"
+for f in "$root"/launch/examples/fashion_*.yaml; do cp "$f" "$work/launch/examples/"; done
+cp -r "$root/bench" "$work/" 2>/dev/null || true
+cd "$work"
+if [ ! -f data/fashion-train.h5 ]; then
+  $lethe ingest --format idx --images "$fm/train-images-idx3-ubyte.gz" --labels "$fm/train-labels-idx1-ubyte.gz" \
+    --out data/fashion-train.h5 --public-fraction 0.1 --seed 1 >/dev/null
+  $lethe ingest --format idx --images "$fm/t10k-images-idx3-ubyte.gz" --labels "$fm/t10k-labels-idx1-ubyte.gz" \
+    --out data/fashion-test.h5 --seed 1 >/dev/null
+fi
+echo "== pretrain (public records) =="
+$lethe pretrain --config launch/examples/fashion_s3t.yaml | tee runs/bench-pretrain.json
+mpi="mpiexec --oversubscribe -np $ranks"
+[ "$(id -u)" = 0 ] && mpi="$mpi --allow-run-as-root"
+for job in full s3t; do
+  rm -rf "runs/fashion-$job"
+  echo "== train $job ($ranks ranks) =="
+  $mpi $lethe train --config "launch/examples/fashion_$job.yaml" | grep -v '^ *"shard[0-9]*-seq' | tee "runs/bench-train-$job.json" | head -20
+  echo "== eval $job =="
+  $lethe eval --job "runs/fashion-$job" | tee "runs/bench-eval-$job.json" | head -3
+done
+echo "== PyTorch peer (full forward pass every step) =="
+python3 bench/s3t/s3t_pytorch.py --config launch/examples/fashion_s3t.yaml \
+  --images "$fm/train-images-idx3-ubyte.gz" --labels "$fm/train-labels-idx1-ubyte.gz" \
+  --test-images "$fm/t10k-images-idx3-ubyte.gz" --test-labels "$fm/t10k-labels-idx1-ubyte.gz" | tee runs/bench-pytorch.json

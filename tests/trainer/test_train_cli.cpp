@@ -1,0 +1,259 @@
+// End to end through the `lethe` binary: ingest a tiny CSV, pretrain, train (1, 2, 3 MPI ranks),
+// resume, eval; and the bad inputs of issue 4 (missing dataset, corrupt checkpoint, backbone mismatch).
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include "storage/checkpoint_store.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct Result {
+  int status = 0;
+  std::string out;  // stdout and stderr
+};
+
+Result sh(const std::string& command) {
+  Result r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  std::array<char, 4096> buffer{};
+  while (fgets(buffer.data(), buffer.size(), pipe)) r.out += buffer.data();
+  const int status = pclose(pipe);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+json json_of(const Result& r) {
+  const auto at = r.out.find("\n{");
+  const auto start = r.out.rfind('{', 0) == 0 ? 0 : (at == std::string::npos ? std::string::npos : at + 1);
+  if (start == std::string::npos) throw std::runtime_error("no JSON in output:\n" + r.out);
+  return json::parse(r.out.substr(start));
+}
+
+std::string lethe_cmd() { return std::string(LETHE_BINARY) + " --log-level warn"; }
+
+// Three classes of 6x6 uint8 images: each class brightens its own band of rows.
+void write_csv(const fs::path& path, int records, std::uint32_t seed, const std::string& prefix) {
+  std::ofstream out(path);
+  out << "id,label";
+  for (int f = 0; f < 36; ++f) out << ",f" << f;
+  out << "\n";
+  std::mt19937 engine(seed);
+  std::uniform_int_distribution<int> noise(0, 90);
+  for (int r = 0; r < records; ++r) {
+    const int label = r % 3;
+    out << prefix << r << "," << label;
+    for (int f = 0; f < 36; ++f) out << "," << noise(engine) + ((f / 6) / 2 == label ? 150 : 0);
+    out << "\n";
+  }
+}
+
+std::string config_text(const fs::path& dir, int shards, int slices, int sequences) {
+  std::ostringstream y;
+  y << "dataset: train.h5\ntest_dataset: test.h5\nbackbone: backbone.h5\njob_dir: run\nseed: 11\n"
+    << "s3t: {shards: " << shards << ", slices: " << slices << ", sequences: " << sequences << "}\n"
+    << "model: {architecture: mlp, widths: [32, 24, 16], lora_rank: 2, lora_alpha: 4, num_classes: 3}\n"
+    << "training: {epochs: 2, batch_size: 16, learning_rate: 0.005}\n"
+    << "pretrain: {epochs: 4, batch_size: 16, learning_rate: 0.005}\n";
+  (void)dir;
+  return y.str();
+}
+
+class TrainCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("lethe_train_cli_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    write_csv(dir_ / "train.csv", 360, 1, "tr");
+    write_csv(dir_ / "test.csv", 150, 2, "te");
+    const auto ingest = lethe_cmd() + " ingest --format csv --id-column id --feature-type uint8 --feature-shape 6x6 --seed 3 ";
+    ASSERT_EQ(sh(ingest + "--csv " + (dir_ / "train.csv").string() + " --out " + (dir_ / "train.h5").string() +
+                 " --public-fraction 0.3").status, 0);
+    ASSERT_EQ(sh(ingest + "--csv " + (dir_ / "test.csv").string() + " --out " + (dir_ / "test.h5").string()).status, 0);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  fs::path write_config(const std::string& name, const std::string& text) {
+    std::ofstream(dir_ / name) << text;
+    return dir_ / name;
+  }
+  Result pretrain(const fs::path& config) { return sh(lethe_cmd() + " pretrain --config " + config.string()); }
+  Result train(const fs::path& config, const fs::path& job, const std::string& extra = "") {
+    return sh(lethe_cmd() + " train --config " + config.string() + " --job " + job.string() + " " + extra);
+  }
+
+  fs::path dir_;
+};
+
+// Content of every file under `root`, to prove a failed command changed nothing.
+std::map<std::string, std::string> snapshot(const fs::path& root) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(root)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    files[e.path().string()] = std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  return files;
+}
+
+}  // namespace
+
+TEST_F(TrainCli, PretrainTrainEvalEndToEnd) {
+  const auto config = write_config("job.yaml", config_text(dir_, 2, 3, 2));
+  const auto p = pretrain(config);
+  ASSERT_EQ(p.status, 0) << p.out;
+  const auto pj = json_of(p);
+  EXPECT_GT(pj.at("records").get<int>(), 60);
+  EXPECT_GT(pj.at("head_accuracy").get<double>(), 0.5) << p.out;
+  ASSERT_TRUE(fs::exists(dir_ / "backbone.h5"));
+
+  const auto t = train(config, dir_ / "run");
+  ASSERT_EQ(t.status, 0) << t.out;
+  const auto tj = json_of(t);
+  EXPECT_EQ(tj.at("digests").size(), 4u);
+  for (const auto& [series, digests] : tj.at("digests").items()) EXPECT_EQ(digests.size(), 3u) << series;
+  EXPECT_GT(tj.at("samples").get<long>(), 0);
+  for (const char* f : {"manifest.json", "config.yaml", "config.json", "backbone.h5"}) EXPECT_TRUE(fs::exists(dir_ / "run" / f)) << f;
+  const auto manifest = json::parse(std::ifstream(dir_ / "run" / "manifest.json"));
+  EXPECT_EQ(manifest.at("status"), "trained");
+  EXPECT_EQ(manifest.at("shards")[0].at("plan").at("sequences")[1].at("surviving_prefix"), 3);
+  // Every prefix checkpoint records what it was trained on.
+  const lethe::storage::CheckpointStore store(dir_ / "run" / "checkpoints");
+  const auto versions = store.versions("shard1-seq1");
+  ASSERT_EQ(versions.size(), 3u);
+  const auto& meta = versions[1].metadata;
+  EXPECT_EQ(meta.at("shard"), 1);
+  EXPECT_EQ(meta.at("sequence"), 1);
+  EXPECT_EQ(meta.at("prefix"), 2);
+  EXPECT_EQ(meta.at("slices").size(), 2u);
+  EXPECT_TRUE(meta.contains("data_version") && meta.contains("seeds") && meta.contains("config_digest"));
+
+  const auto e = sh(lethe_cmd() + " eval --job " + (dir_ / "run").string());
+  ASSERT_EQ(e.status, 0) << e.out;
+  const auto ej = json_of(e);
+  EXPECT_EQ(ej.at("records"), 150);
+  EXPECT_GT(ej.at("accuracy").get<double>(), 0.8) << e.out;
+  EXPECT_EQ(ej.at("models")[0].at("live_shards"), 2);
+  EXPECT_EQ(ej.at("models")[0].at("shards")[1].at("depth"), 3);
+
+  // A second run into the same directory without --resume must not touch the first.
+  const auto before = snapshot(dir_ / "run");
+  const auto again = train(config, dir_ / "run");
+  EXPECT_EQ(again.status, 1);
+  EXPECT_NE(again.out.find("--resume"), std::string::npos) << again.out;
+  EXPECT_TRUE(snapshot(dir_ / "run") == before) << "a failed command changed the job directory";
+}
+
+TEST_F(TrainCli, SameDigestsForOneTwoAndThreeRanksAndAfterResume) {
+  const auto config = write_config("job.yaml", config_text(dir_, 2, 3, 3));
+  ASSERT_EQ(pretrain(config).status, 0);
+  const auto one = train(config, dir_ / "n1");
+  ASSERT_EQ(one.status, 0) << one.out;
+  const auto reference = json_of(one).at("digests");
+  const std::string mpi = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 mpiexec -np ";
+  for (int n : {2, 3}) {
+    const auto job = dir_ / ("n" + std::to_string(n));
+    const auto r = sh(mpi + std::to_string(n) + " " + lethe_cmd() + " train --config " + config.string() + " --job " + job.string());
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = json_of(r);
+    EXPECT_EQ(j.at("ranks"), n);
+    EXPECT_EQ(j.at("digests"), reference) << n << " ranks";
+  }
+
+  // Interrupt: series shard0-seq1 lost P_2 and P_3, shard1-seq2 lost P_3; a crashed writer left a .tmp.
+  lethe::storage::CheckpointStore store(dir_ / "n1" / "checkpoints");
+  store.purge("shard0-seq1", 3);
+  store.purge("shard0-seq1", 2);
+  store.purge("shard1-seq2", 3);
+  std::ofstream(dir_ / "n1" / "checkpoints" / "shard1-seq2" / "v000004.h5.tmp") << "partial";
+  const auto resumed = train(config, dir_ / "n1", "--resume");
+  ASSERT_EQ(resumed.status, 0) << resumed.out;
+  const auto rj = json_of(resumed);
+  EXPECT_EQ(rj.at("rank0").at("steps_trained"), 3);
+  EXPECT_EQ(rj.at("digests"), reference);
+}
+
+TEST_F(TrainCli, CorruptCheckpointDuringResumeIsAClearErrorAndDamagesNothing) {
+  const auto config = write_config("job.yaml", config_text(dir_, 1, 3, 1));
+  ASSERT_EQ(pretrain(config).status, 0);
+  ASSERT_EQ(train(config, dir_ / "run").status, 0);
+  lethe::storage::CheckpointStore store(dir_ / "run" / "checkpoints");
+  store.purge("shard0-seq0", 3);
+  const auto p2 = store.versions("shard0-seq0").back().path;
+  // A torn file: its second half is gone (a disk error, a bad copy).
+  fs::resize_file(p2, fs::file_size(p2) / 2);
+  const auto before = snapshot(dir_ / "run");
+  const auto r = train(config, dir_ / "run", "--resume");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("lethe: error:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(p2.filename().string()), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("shard 0 sequence 0"), std::string::npos) << r.out;
+  EXPECT_TRUE(snapshot(dir_ / "run") == before) << "a failed command changed the job directory";
+}
+
+TEST_F(TrainCli, BadInputsAreClearErrors) {
+  // A config naming a missing dataset.
+  auto text = config_text(dir_, 1, 3, 1);
+  const auto missing = write_config("missing.yaml", "dataset: nowhere.h5" + text.substr(text.find('\n')));
+  auto r = train(missing, dir_ / "run");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("dataset: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("nowhere.h5"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "run"));
+
+  // A backbone whose shapes do not match the config.
+  const auto config = write_config("job.yaml", text);
+  ASSERT_EQ(pretrain(config).status, 0);
+  auto wider = text;
+  wider.replace(wider.find("[32, 24, 16]"), 12, "[32, 20, 16]");
+  const auto mismatched = write_config("wider.yaml", wider);
+  r = train(mismatched, dir_ / "run");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("blocks/1/weight' has shape [24, 32]"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("expects [20, 32]"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "run"));
+  r = sh(lethe_cmd() + " pretrain --config " + mismatched.string() + " --import " + (dir_ / "backbone.h5").string() +
+         " --out " + (dir_ / "imported.h5").string());
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("has shape"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "imported.h5"));
+
+  // More slices than records.
+  auto many = text;
+  many.replace(many.find("shards: 1, slices: 3"), 20, "shards: 40, slices: 3");
+  r = train(write_config("many.yaml", many), dir_ / "run");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("s3t.slices: shard"), std::string::npos) << r.out;
+
+  // CUDA where none exists (Debian's libtorch never has it).
+  auto cuda = text;
+  cuda.replace(cuda.find("seed: 11"), 8, "seed: 11\ndevice: cuda");
+  r = train(write_config("cuda.yaml", cuda), dir_ / "run");
+  if (r.status == 1) EXPECT_NE(r.out.find("device: cuda"), std::string::npos) << r.out;
+}
+
+TEST_F(TrainCli, FullTrainingBaselineIsOneShardOneSliceOneSequence) {
+  auto text = config_text(dir_, 1, 1, 1);
+  const auto config = write_config("full.yaml", text);
+  ASSERT_EQ(pretrain(config).status, 0);
+  const auto t = train(config, dir_ / "full");
+  ASSERT_EQ(t.status, 0) << t.out;
+  EXPECT_EQ(json_of(t).at("digests").at("shard0-seq0").size(), 1u);
+  const auto e = sh(lethe_cmd() + " eval --job " + (dir_ / "full").string());
+  ASSERT_EQ(e.status, 0) << e.out;
+  EXPECT_GT(json_of(e).at("accuracy").get<double>(), 0.8) << e.out;
+  EXPECT_EQ(json_of(e).at("models")[0].at("shards")[0].at("depth"), 1);
+}

@@ -13,7 +13,6 @@ fm=${LETHE_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
 work="$build/bench-s3t"
 mkdir -p "$work/data" "$work/runs" "$work/launch/examples"
 for f in "$root"/launch/examples/fashion_*.yaml; do cp "$f" "$work/launch/examples/"; done
-cp -r "$root/bench" "$work/" 2>/dev/null || true
 cd "$work"
 if [ ! -f data/fashion-train.h5 ]; then
   $lethe ingest --format idx --images "$fm/train-images-idx3-ubyte.gz" --labels "$fm/train-labels-idx1-ubyte.gz" \
@@ -28,11 +27,12 @@ mpi="mpiexec --oversubscribe -np $ranks"
 for job in full s3t; do
   rm -rf "runs/fashion-$job"
   echo "== train $job ($ranks ranks) =="
-  $mpi $lethe train --config "launch/examples/fashion_$job.yaml" | grep -v '^ *"shard[0-9]*-seq' | tee "runs/bench-train-$job.json" | head -20
+  $mpi $lethe train --config "launch/examples/fashion_$job.yaml" | tee "runs/bench-train-$job.json" \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); d.pop("digests"); print(json.dumps(d, indent=1))'
   echo "== eval $job =="
   $lethe eval --job "runs/fashion-$job" | tee "runs/bench-eval-$job.json" | head -3
 done
 echo "== PyTorch peer (full forward pass every step) =="
-python3 bench/s3t/s3t_pytorch.py --config launch/examples/fashion_s3t.yaml \
+${PYTHON:-/usr/bin/python3} "$root/bench/s3t/s3t_pytorch.py" --config launch/examples/fashion_s3t.yaml \
   --images "$fm/train-images-idx3-ubyte.gz" --labels "$fm/train-labels-idx1-ubyte.gz" \
   --test-images "$fm/t10k-images-idx3-ubyte.gz" --test-labels "$fm/t10k-labels-idx1-ubyte.gz" | tee runs/bench-pytorch.json

@@ -119,7 +119,7 @@ def main():
                         samples += len(batch)
                 for t in params:
                     t.requires_grad_(False)
-            final[(shard, b)] = ([t.clone() for t in model.A], [t.clone() for t in model.B],
+            final[(shard, b)] = ([t if t is None else t.clone() for t in model.A], [t if t is None else t.clone() for t in model.B],
                                  model.head_w.clone(), model.head_b.clone())
     seconds = time.perf_counter() - start
     tx = torch.tensor(read_idx(a.test_images), dtype=torch.float32).div_(255).unsqueeze(1)

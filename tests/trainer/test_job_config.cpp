@@ -99,3 +99,15 @@ TEST(JobConfig, MissingFileIsAClearError) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/job.yaml"), std::string::npos);
   }
 }
+
+TEST(JobConfig, EveryExampleConfigParses) {
+  const auto examples = std::filesystem::path(__FILE__).parent_path() / ".." / ".." / "launch" / "examples";
+  int parsed = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(examples)) {
+    if (entry.path().extension() != ".yaml") continue;
+    const auto c = lethe::launch::load_job_config(entry.path());
+    EXPECT_EQ(c.model.sites, c.s3t.slices) << entry.path();
+    ++parsed;
+  }
+  EXPECT_GE(parsed, 3);
+}

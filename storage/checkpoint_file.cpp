@@ -59,21 +59,6 @@ class Sha256 {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx_;
 };
 
-// The most specific reason on HDF5's error stack (e.g. "data error detected by Fletcher32
-// checksum"), which the API-level "can't read data" hides; clears the stack.
-std::string innermost_hdf5_reason() {
-  std::string reason;
-  H5Ewalk2(
-      H5E_DEFAULT, H5E_WALK_UPWARD,
-      [](unsigned n, const H5E_error2_t* err, void* out) -> herr_t {
-        if (n == 0 && err->desc) *static_cast<std::string*>(out) = err->desc;
-        return 0;
-      },
-      &reason);
-  H5Eclear2(H5E_DEFAULT);
-  return reason.empty() ? "unknown HDF5 error" : reason;
-}
-
 hid_t file_type_of(TensorType type) {
   switch (type) {
     case TensorType::kFloat32: return H5T_IEEE_F32LE;
@@ -136,7 +121,7 @@ TensorData read_tensor(hid_t file, std::size_t index) {
   tensor.bytes.resize(static_cast<std::size_t>(stored_count) * element_size(tensor.type));
   if (stored_count > 0 && H5Dread(dataset.get(), file_type_of(tensor.type), H5S_ALL, H5S_ALL, H5P_DEFAULT,
                                   tensor.bytes.data()) < 0)
-    throw StorageError(of_tensor + " cannot be read: " + innermost_hdf5_reason());
+    throw StorageError(of_tensor + " cannot be read: " + h5::last_error_message());
   return tensor;
 }
 

@@ -14,10 +14,12 @@ void silence_error_printing() {
 std::string last_error_message() {
   std::string message;
   H5Ewalk2(
-      H5E_DEFAULT, H5E_WALK_DOWNWARD,
+      // Upward starts at the most specific frame (e.g. "data error detected by Fletcher32
+      // checksum"), which the API-level "can't read data" hides.
+      H5E_DEFAULT, H5E_WALK_UPWARD,
       [](unsigned n, const H5E_error2_t* err, void* out) -> herr_t {
         auto* text = static_cast<std::string*>(out);
-        if (n == 0 && err->desc) *text = err->desc;  // the innermost, most specific reason
+        if (n == 0 && err->desc) *text = err->desc;
         return 0;
       },
       &message);

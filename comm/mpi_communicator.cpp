@@ -13,16 +13,6 @@ namespace {
 constexpr std::string_view kBackend = "mpi";
 constexpr int kArrivalTag = 1;
 
-MPI_Datatype mpi_type(DataType type) {
-  switch (type) {
-    case DataType::kUInt8: return MPI_UINT8_T;
-    case DataType::kInt32: return MPI_INT32_T;
-    case DataType::kInt64: return MPI_INT64_T;
-    case DataType::kFloat32: return MPI_FLOAT;
-    case DataType::kFloat64: return MPI_DOUBLE;
-  }
-  throw CommError("unknown DataType " + std::to_string(static_cast<int>(type)));
-}
 
 MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::kMax ? MPI_MAX : MPI_SUM; }
 
@@ -62,6 +52,17 @@ class HostView {
 };
 
 }  // namespace
+
+MPI_Datatype mpi_datatype(DataType type) {
+  switch (type) {
+    case DataType::kUInt8: return MPI_UINT8_T;
+    case DataType::kInt32: return MPI_INT32_T;
+    case DataType::kInt64: return MPI_INT64_T;
+    case DataType::kFloat32: return MPI_FLOAT;
+    case DataType::kFloat64: return MPI_DOUBLE;
+  }
+  throw CommError("unknown DataType " + std::to_string(static_cast<int>(type)));
+}
 
 std::unique_ptr<MpiCommunicator> MpiCommunicator::world() {
   auto runtime = MpiRuntime::acquire();
@@ -212,7 +213,7 @@ void MpiCommunicator::allreduce(BufferView buffer, ReduceOp op) {
   if (buffer.count == 0) return;
   HostView host(buffer, staged(buffer), staging_, 0, true);
   if (size_ > 1) {
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, host.data(), static_cast<int>(buffer.count), mpi_type(buffer.type),
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, host.data(), static_cast<int>(buffer.count), mpi_datatype(buffer.type),
                             mpi_op(op), comm_),
               "MPI_Allreduce");
   }
@@ -236,7 +237,7 @@ void MpiCommunicator::broadcast(BufferView buffer, int root) {
   check_arrival({0, CollectiveKind::kBroadcast, buffer.type, buffer.count, root});
   if (buffer.count == 0 || size_ == 1) return;
   HostView host(buffer, staged(buffer), staging_, 0, rank_ == root);
-  check_mpi(MPI_Bcast(host.data(), static_cast<int>(buffer.count), mpi_type(buffer.type), root, comm_), "MPI_Bcast");
+  check_mpi(MPI_Bcast(host.data(), static_cast<int>(buffer.count), mpi_datatype(buffer.type), root, comm_), "MPI_Bcast");
   if (rank_ != root) host.copy_back();
 }
 
@@ -254,7 +255,7 @@ void MpiCommunicator::allgather(BufferView send, BufferView recv) {
   const std::size_t bytes = send.bytes();
   const bool in_place = static_cast<std::byte*>(recv.data) + rank_ * bytes == send.data;
   HostView host_recv(recv, staged(recv), staging_, 0, in_place);
-  const MPI_Datatype type = mpi_type(send.type);
+  const MPI_Datatype type = mpi_datatype(send.type);
   const int count = static_cast<int>(send.count);
   if (in_place) {
     check_mpi(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, host_recv.data(), count, type, comm_),
@@ -291,7 +292,7 @@ void MpiCommunicator::send(BufferView buffer, int peer, int tag) {
   check_usable(what);
   HostView host(buffer, staged(buffer), staging_, 0, true);
   std::vector<MPI_Request> request(1, MPI_REQUEST_NULL);
-  check_mpi(MPI_Isend(host.data(), static_cast<int>(buffer.count), mpi_type(buffer.type), peer, tag, comm_,
+  check_mpi(MPI_Isend(host.data(), static_cast<int>(buffer.count), mpi_datatype(buffer.type), peer, tag, comm_,
                       &request[0]),
             what);
   if (!wait_for(request, std::chrono::steady_clock::now() + timeout_).empty()) {
@@ -311,7 +312,7 @@ void MpiCommunicator::recv(BufferView buffer, int peer, int tag) {
   check_usable(what);
   HostView host(buffer, staged(buffer), staging_, 0, false);
   MPI_Request request = MPI_REQUEST_NULL;
-  check_mpi(MPI_Irecv(host.data(), static_cast<int>(buffer.count), mpi_type(buffer.type), peer, tag, comm_, &request),
+  check_mpi(MPI_Irecv(host.data(), static_cast<int>(buffer.count), mpi_datatype(buffer.type), peer, tag, comm_, &request),
             what);
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + timeout_;
@@ -337,7 +338,7 @@ void MpiCommunicator::recv(BufferView buffer, int peer, int tag) {
     if (now - start > std::chrono::milliseconds(100)) std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
   int received = 0;
-  MPI_Get_count(&status, mpi_type(buffer.type), &received);
+  MPI_Get_count(&status, mpi_datatype(buffer.type), &received);
   if (static_cast<std::size_t>(received) != buffer.count) {
     throw CommError(rank_label(kBackend, rank_) + ": " + what + " got only " + std::to_string(received) +
                     " elements; the sender and receiver must agree on the size");

@@ -14,6 +14,9 @@
 
 namespace lethe::comm {
 
+// The MPI datatype of a DataType (also used by the benchmark's raw-MPI reference).
+[[nodiscard]] MPI_Datatype mpi_datatype(DataType type);
+
 // Before each collective, every rank sends every peer a small description of the call it made
 // (an arrival) and polls for theirs until the timeout: a rank that never arrives is named in a
 // CommTimeout, a rank that called something else in a CommError. The data then moves through

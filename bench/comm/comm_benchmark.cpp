@@ -25,17 +25,6 @@ using comm::Communicator;
 using comm::DataType;
 using comm::MemoryKind;
 
-MPI_Datatype mpi_type(DataType type) {
-  switch (type) {
-    case DataType::kUInt8: return MPI_UINT8_T;
-    case DataType::kInt32: return MPI_INT32_T;
-    case DataType::kInt64: return MPI_INT64_T;
-    case DataType::kFloat32: return MPI_FLOAT;
-    case DataType::kFloat64: return MPI_DOUBLE;
-  }
-  throw comm::CommError("unknown DataType");
-}
-
 // Writes element i of a rank's input, (i % 7) + rank, in `type`: sums stay exact in every type.
 void fill_pattern(std::vector<std::byte>& bytes, std::size_t count, DataType type, int rank) {
   for (std::size_t i = 0; i < count; ++i) {
@@ -160,7 +149,7 @@ nlohmann::json run_comm_benchmark(const CommBenchmarkOptions& options, std::ostr
       paths.push_back({"raw-mpi", MemoryKind::kHost,
                        [&](BufferView buffer) {
                          if (MPI_Allreduce(MPI_IN_PLACE, buffer.data, static_cast<int>(buffer.count),
-                                           mpi_type(buffer.type), MPI_SUM, raw) != MPI_SUCCESS) {
+                                           comm::mpi_datatype(buffer.type), MPI_SUM, raw) != MPI_SUCCESS) {
                            throw comm::CommError("rank " + std::to_string(rank) + ": raw MPI_Allreduce failed");
                          }
                        },

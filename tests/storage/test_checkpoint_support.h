@@ -14,17 +14,13 @@
 #include <vector>
 
 #include "storage/checkpoint_store.h"
+#include "tests/storage/scratch_files.h"
 
 namespace lethe::storage::testing {
 
 namespace fs = std::filesystem;
 
-inline fs::path fresh_dir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("lethe_ckpt_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+inline fs::path fresh_dir(const std::string& name) { return scratch::fresh_dir("ckpt", name); }
 
 // 256 float32 values that occur nowhere else: their bytes identify the checkpoint on disk.
 inline TensorData distinctive_tensor(const std::string& name, std::uint32_t seed) {
@@ -38,8 +34,7 @@ inline TensorData distinctive_tensor(const std::string& name, std::uint32_t seed
 }
 
 inline std::vector<std::byte> slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> chars{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const std::string chars = scratch::read_bytes(path);
   std::vector<std::byte> out(chars.size());
   std::transform(chars.begin(), chars.end(), out.begin(), [](char c) { return static_cast<std::byte>(c); });
   return out;

@@ -13,21 +13,15 @@
 #include <string>
 #include <vector>
 
+#include "tests/storage/scratch_files.h"
+
 namespace lethe::storage::dataset_testing {
 
 namespace fs = std::filesystem;
 
-inline fs::path fresh_dir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("lethe_data_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+inline fs::path fresh_dir(const std::string& name) { return scratch::fresh_dir("data_test", name); }
 
-inline std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+inline std::string slurp(const fs::path& path) { return scratch::read_bytes(path); }
 
 inline void write_file(const fs::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);

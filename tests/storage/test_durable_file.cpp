@@ -9,23 +9,16 @@
 #include "storage/durable_file.h"
 #include "storage/error.h"
 #include "storage/hdf5.h"
+#include "tests/storage/scratch_files.h"
 
 namespace fs = std::filesystem;
 using namespace lethe::storage;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("lethe_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path fresh_dir(const std::string& name) { return scratch::fresh_dir("durable", name); }
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+std::string slurp(const fs::path& path) { return scratch::read_bytes(path); }
 
 }  // namespace
 

@@ -89,6 +89,18 @@ std::filesystem::path resolve(const std::filesystem::path& origin, const std::st
   return p.lexically_normal();
 }
 
+// epochs, batch_size and learning_rate: read and checked alike in `training` and `pretrain`.
+template <typename Settings>
+void read_optimizer_keys(Section& section, Settings& settings) {
+  section.read("epochs", settings.epochs, "an integer");
+  section.read("batch_size", settings.batch_size, "an integer");
+  section.read("learning_rate", settings.learning_rate, "a number");
+  if (settings.epochs < 1) section.fail(section.key("epochs"), "must be at least 1");
+  if (settings.batch_size < 1) section.fail(section.key("batch_size"), "must be at least 1");
+  if (!(settings.learning_rate > 0) || !std::isfinite(settings.learning_rate))
+    section.fail(section.key("learning_rate"), "must be a positive number");
+}
+
 }  // namespace
 
 JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::path& origin) {
@@ -176,24 +188,14 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
   }
 
   auto training = top.child("training");
-  training.read("epochs", c.training.epochs, "an integer");
-  training.read("batch_size", c.training.batch_size, "an integer");
-  training.read("learning_rate", c.training.learning_rate, "a number");
+  read_optimizer_keys(training, c.training);
   training.read("cache_batch_size", c.training.cache_batch_size, "an integer");
   training.reject_unknown_keys();
-  if (c.training.epochs < 1) training.fail(training.key("epochs"), "must be at least 1");
-  if (c.training.batch_size < 1) training.fail(training.key("batch_size"), "must be at least 1");
   if (c.training.cache_batch_size < 1) training.fail(training.key("cache_batch_size"), "must be at least 1");
-  if (!(c.training.learning_rate > 0) || !std::isfinite(c.training.learning_rate)) training.fail(training.key("learning_rate"), "must be a positive number");
 
   auto pretrain = top.child("pretrain");
-  pretrain.read("epochs", c.pretrain.epochs, "an integer");
-  pretrain.read("batch_size", c.pretrain.batch_size, "an integer");
-  pretrain.read("learning_rate", c.pretrain.learning_rate, "a number");
+  read_optimizer_keys(pretrain, c.pretrain);
   pretrain.reject_unknown_keys();
-  if (c.pretrain.epochs < 1) pretrain.fail(pretrain.key("epochs"), "must be at least 1");
-  if (c.pretrain.batch_size < 1) pretrain.fail(pretrain.key("batch_size"), "must be at least 1");
-  if (!(c.pretrain.learning_rate > 0) || !std::isfinite(c.pretrain.learning_rate)) pretrain.fail(pretrain.key("learning_rate"), "must be a positive number");
 
   top.reject_unknown_keys();
   return c;

@@ -14,6 +14,7 @@
 #include "storage/record_assignment.h"
 #include "trainer/activation_cache.h"
 #include "trainer/ensemble.h"
+#include "trainer/job_manifest.h"
 #include "trainer/pretrain.h"
 #include "trainer/s3t_trainer.h"
 
@@ -25,28 +26,6 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* kManifestFormat = "lethe-s3t-job";
-
-fs::path manifest_path(const fs::path& job_dir) { return job_dir / "manifest.json"; }
-
-void write_text_durably(const fs::path& path, const std::string& text) {
-  const auto tmp = storage::temp_path_for(path);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    if (!out.flush()) throw storage::StorageError("cannot write " + tmp.string() + ": check space and permissions");
-  }
-  storage::commit_file(tmp, path);
-}
-
-json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw storage::StorageError("cannot read " + path.string());
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw storage::StorageError(path.string() + " is not valid JSON (" + e.what() + "); the job directory is damaged");
-  }
-}
 
 void copy_durably(const fs::path& from, const fs::path& to) {
   const auto tmp = storage::temp_path_for(to);
@@ -158,13 +137,13 @@ json initial_manifest(const S3TJobSpec& spec, const ModelConfig& model, const st
 }
 
 void prepare_job_dir(const S3TJobSpec& spec, const ModelConfig& model, const std::vector<SliceOrder>& orders, bool resume) {
-  const auto manifest = manifest_path(spec.job_dir);
+  const auto manifest = job_manifest_path(spec.job_dir);
   if (fs::exists(manifest)) {
     if (!resume) {
       throw std::runtime_error("job directory " + spec.job_dir.string() +
                                " already holds a run (manifest.json); pass --resume to continue it or choose another job_dir");
     }
-    const auto existing = read_json(manifest);
+    const auto existing = read_json_file(manifest);
     if (existing.value("config_digest", "") != spec.config_digest) {
       throw std::runtime_error("--resume: the config differs from the run in " + spec.job_dir.string() + " (digest " +
                                existing.value("config_digest", "?") + " there, " + spec.config_digest +
@@ -176,12 +155,12 @@ void prepare_job_dir(const S3TJobSpec& spec, const ModelConfig& model, const std
   if (!spec.config_file.empty() && fs::exists(spec.config_file)) copy_durably(spec.config_file, spec.job_dir / "config.yaml");
   write_text_durably(spec.job_dir / "config.json", spec.config.dump(2) + "\n");
   copy_durably(spec.backbone, spec.job_dir / "backbone.h5");
-  write_text_durably(manifest, initial_manifest(spec, model, orders).dump(2) + "\n");
+  write_job_manifest(spec.job_dir, initial_manifest(spec, model, orders));
 }
 
 // Final manifest: every series' committed prefixes, and each plan's surviving prefix accordingly.
 json finish_manifest(const S3TJobSpec& spec, const storage::CheckpointStore& store) {
-  auto manifest = read_json(manifest_path(spec.job_dir));
+  auto manifest = read_json_file(job_manifest_path(spec.job_dir));
   for (auto& shard : manifest["shards"]) {
     auto plan = shard_plan_from_json(shard["plan"], "manifest.shards.plan");
     for (auto& series : shard["series"]) {
@@ -198,7 +177,7 @@ json finish_manifest(const S3TJobSpec& spec, const storage::CheckpointStore& sto
     shard["plan"] = shard_plan_to_json(plan);
   }
   manifest["status"] = "trained";
-  write_text_durably(manifest_path(spec.job_dir), manifest.dump(2) + "\n");
+  write_job_manifest(spec.job_dir, manifest);
   return manifest;
 }
 
@@ -369,11 +348,11 @@ S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, bool 
 }
 
 EvalResult evaluate_job(const fs::path& job_dir, const fs::path& data) {
-  const auto manifest_file = manifest_path(job_dir);
+  const auto manifest_file = job_manifest_path(job_dir);
   if (!fs::exists(manifest_file)) {
     throw std::runtime_error(job_dir.string() + " is not a trained job directory (no manifest.json); run `lethe train` first");
   }
-  const auto manifest = read_json(manifest_file);
+  const auto manifest = read_json_file(manifest_file);
   if (manifest.value("format", "") != kManifestFormat) throw std::runtime_error(manifest_file.string() + " is not an S3T job manifest");
   auto data_path = data;
   if (data_path.empty()) {

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 
@@ -16,6 +17,7 @@
 #include "trainer/ensemble.h"
 #include "trainer/job_manifest.h"
 #include "trainer/pretrain.h"
+#include "trainer/s3t_serving.h"
 #include "trainer/s3t_trainer.h"
 
 namespace lethe::trainer {
@@ -51,18 +53,6 @@ PrefixState from_checkpoint(const storage::Checkpoint& checkpoint) {
     state.tensors.emplace_back(tensor.name, torch::tensor(values, torch::kFloat32).reshape(tensor.shape));
   }
   return state;
-}
-
-// Rank 0's failure (or success) reaches every rank, so no rank waits in a collective for a peer
-// that has already given up.
-void agree_on_failure(comm::Communicator& comm, const std::string& error, const std::string& what) {
-  std::int32_t failed = error.empty() ? 0 : 1;
-  comm.allreduce({&failed, 1, comm::DataType::kInt32}, comm::ReduceOp::kMax);
-  if (!error.empty()) throw std::runtime_error(error);
-  if (failed != 0) {
-    throw std::runtime_error("rank " + std::to_string(comm.rank()) + ": another rank failed while " + what +
-                             "; its error is printed above");
-  }
 }
 
 // The committed prefixes of a series: prefix -> (version, digest), latest version per prefix.
@@ -158,8 +148,10 @@ void prepare_job_dir(const S3TJobSpec& spec, const ModelConfig& model, const std
   write_job_manifest(spec.job_dir, initial_manifest(spec, model, orders));
 }
 
-// Final manifest: every series' committed prefixes, and each plan's surviving prefix accordingly.
-json finish_manifest(const S3TJobSpec& spec, const storage::CheckpointStore& store) {
+// Final manifest: every series' committed prefixes, and each plan's surviving prefix accordingly;
+// `before_commit` adds the caller's bookkeeping to the same durable write.
+json finish_manifest(const S3TJobSpec& spec, const storage::CheckpointStore& store,
+                     const std::function<void(json&)>& before_commit) {
   auto manifest = read_json_file(job_manifest_path(spec.job_dir));
   for (auto& shard : manifest["shards"]) {
     auto plan = shard_plan_from_json(shard["plan"], "manifest.shards.plan");
@@ -177,11 +169,22 @@ json finish_manifest(const S3TJobSpec& spec, const storage::CheckpointStore& sto
     shard["plan"] = shard_plan_to_json(plan);
   }
   manifest["status"] = "trained";
+  if (before_commit) before_commit(manifest);
   write_job_manifest(spec.job_dir, manifest);
   return manifest;
 }
 
 }  // namespace
+
+void agree_on_failure(comm::Communicator& comm, const std::string& error, const std::string& what) {
+  std::int32_t failed = error.empty() ? 0 : 1;
+  comm.allreduce({&failed, 1, comm::DataType::kInt32}, comm::ReduceOp::kMax);
+  if (!error.empty()) throw std::runtime_error(error);
+  if (failed != 0) {
+    throw std::runtime_error("rank " + std::to_string(comm.rank()) + ": another rank failed while " + what +
+                             "; its error is printed above");
+  }
+}
 
 std::string series_name(int shard, int sequence) {
   return "shard" + std::to_string(shard) + "-seq" + std::to_string(sequence);
@@ -208,6 +211,11 @@ void check_device(const std::string& device, const fs::path& config_file) {
 }
 
 S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, bool resume) {
+  return run_s3t_job(spec, comm, S3TRunOptions{resume, {}});
+}
+
+S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, const S3TRunOptions& options) {
+  const bool resume = options.resume;
   const auto start = std::chrono::steady_clock::now();
   check_device(spec.device, spec.config_file);
   torch::set_num_threads(spec.threads);
@@ -329,7 +337,7 @@ S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, bool 
   report.total_samples = total;
   if (comm.rank() == 0) {
     try {
-      (void)finish_manifest(spec, store);
+      (void)finish_manifest(spec, store, options.before_manifest_commit);
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -345,6 +353,32 @@ S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, bool 
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
+}
+
+S3TServing load_s3t_serving(const fs::path& job_dir, const json& manifest) {
+  S3TServing serving;
+  serving.shards = json::array();
+  if (!manifest.contains("shards") || manifest.at("shards").empty()) return serving;
+  const storage::CheckpointStore store(job_dir / manifest.value("checkpoints", "checkpoints"));
+  for (const auto& shard : manifest.at("shards")) {
+    const int k = shard.at("shard").get<int>();
+    const auto plan = shard_plan_from_json(shard.at("plan"), "manifest.shards[" + std::to_string(k) + "].plan");
+    const auto choice = serving_choice(plan);
+    if (!choice) {
+      serving.shards.push_back({{"shard", k}, {"sequence", nullptr}, {"depth", 0}});
+      continue;
+    }
+    const auto name = series_name(k, choice->sequence);
+    const auto committed = committed_prefixes(store, name);
+    const auto it = committed.find(choice->depth);
+    if (it == committed.end()) {
+      throw storage::StorageError(name + ": the plan serves prefix " + std::to_string(choice->depth) +
+                                  " but no committed checkpoint holds it; the job directory is inconsistent");
+    }
+    serving.members.push_back({k, choice->sequence, from_checkpoint(store.load(name, it->second.version))});
+    serving.shards.push_back({{"shard", k}, {"sequence", choice->sequence}, {"depth", choice->depth}});
+  }
+  return serving;
 }
 
 EvalResult evaluate_job(const fs::path& job_dir, const fs::path& data) {
@@ -365,34 +399,12 @@ EvalResult evaluate_job(const fs::path& job_dir, const fs::path& data) {
   load_backbone(model, job_dir / manifest.value("backbone", "backbone.h5"));
   const auto dataset = storage::Dataset::open(data_path);
   const auto records = read_records(dataset, dataset.select(storage::RecordFilter{}), model_config);
-  const storage::CheckpointStore store(job_dir / manifest.value("checkpoints", "checkpoints"));
-  std::vector<EnsembleMember> members;
-  json shards = json::array();
-  int live = 0;
-  for (const auto& shard : manifest.at("shards")) {
-    const int k = shard.at("shard").get<int>();
-    const auto plan = shard_plan_from_json(shard.at("plan"), "manifest.shards[" + std::to_string(k) + "].plan");
-    const auto choice = serving_choice(plan);
-    if (!choice) {
-      shards.push_back({{"shard", k}, {"sequence", nullptr}, {"depth", 0}});
-      continue;
-    }
-    const auto name = series_name(k, choice->sequence);
-    const auto committed = committed_prefixes(store, name);
-    const auto it = committed.find(choice->depth);
-    if (it == committed.end()) {
-      throw storage::StorageError(name + ": the plan serves prefix " + std::to_string(choice->depth) +
-                                  " but no committed checkpoint holds it; the job directory is inconsistent");
-    }
-    members.push_back({k, choice->sequence, from_checkpoint(store.load(name, it->second.version))});
-    shards.push_back({{"shard", k}, {"sequence", choice->sequence}, {"depth", choice->depth}});
-    ++live;
-  }
+  const auto serving = load_s3t_serving(job_dir, manifest);
   EvalResult result;
   result.records = records.labels.size(0);
-  const auto probabilities = ensemble_probabilities(model, members, records.inputs, 1024);
+  const auto probabilities = ensemble_probabilities(model, serving.members, records.inputs, 1024);
   result.accuracy = accuracy(probabilities, records.labels);
-  result.models = json::array({{{"name", "s3t"}, {"live_shards", live}, {"shards", shards}}});
+  result.models = json::array({{{"name", "s3t"}, {"live_shards", serving.members.size()}, {"shards", serving.shards}}});
   return result;
 }
 

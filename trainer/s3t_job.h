@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -69,6 +70,19 @@ struct S3TRunReport {
 // (verified on load: a corrupt checkpoint is an error naming it, and nothing committed is touched);
 // without it, a job directory that already holds a manifest is an error. Collective over `comm`.
 S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, bool resume);
+
+// The same run with a caller's bookkeeping (retraining, trainer/s3t_retrain.h) in its manifest.
+struct S3TRunOptions {
+  bool resume = false;
+  // Rank 0 only, on the final manifest just before it is committed: its edits land in the same
+  // atomic write. An exception from it fails the run on every rank.
+  std::function<void(nlohmann::json&)> before_manifest_commit;
+};
+S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, const S3TRunOptions& options);
+
+// Every rank learns whether any rank failed (`error`: this rank's message, empty for none) and
+// throws if so, so that no rank waits in a collective for a peer that has already given up.
+void agree_on_failure(comm::Communicator& comm, const std::string& error, const std::string& what);
 
 struct EvalResult {
   double accuracy = 0;

@@ -91,7 +91,7 @@ class Server {
   // Stops accepting (new connections are refused), closes idle keep-alive connections, lets
   // requests in flight finish and their responses be written for up to `drain`, then closes
   // everything and joins the IO threads. A handler that is running is waited for (it cannot be
-  // interrupted). Idempotent.
+  // interrupted). Idempotent. Not from a handler (it joins the thread the handler runs on).
   void stop(std::chrono::milliseconds drain);
 
   [[nodiscard]] ServerStats stats() const;

@@ -179,7 +179,7 @@ int main(int argc, char** argv) {
     if (report.ids_exhausted) {
       std::printf("# warning: the ids ran out after %zu arrivals; the offered rate is lower than asked\n", report.arrivals);
     }
-    if (report.from_arrival.p99_ms > report.latency.p99_ms + 5 * std::max<double>(1, options.poll_interval.count())) {
+    if (report.from_arrival.p99_ms > report.latency.p99_ms + 5 * std::max(1.0, static_cast<double>(options.poll_interval.count()))) {
       std::printf("# warning: arrivals waited for a free worker (from-arrival p99 %.2f ms vs %.2f ms): raise --concurrency\n",
                   report.from_arrival.p99_ms, report.latency.p99_ms);
     }

@@ -1,0 +1,386 @@
+#include "deletion/coordinator.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <ctime>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "storage/erasure.h"
+
+namespace lethe::deletion {
+
+using nlohmann::json;
+
+namespace {
+
+// Rank 0's commands to the other ranks, one broadcast each.
+enum Command : std::int64_t { kHeartbeat = 0, kBatch = 1, kForget = 2, kStop = 3 };
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+DeletionRequest request_of(const storage::LedgerRequest& row) {
+  DeletionRequest request;
+  request.records = row.record_ids;
+  request.subject = row.subject;
+  return request;
+}
+
+// The receipt's per-record part: salted hashes only, never the ids in clear.
+json records_part(const std::vector<ResolvedRecord>& records, const storage::Ledger& ledger) {
+  json out = json::array();
+  for (const auto& record : records) {
+    json entry = {{"id_hash", ledger.hash_id(record.id)}, {"outcome", to_string(record.outcome)}};
+    if (record.outcome == RecordOutcome::kDelete) {
+      if (record.shard >= 0) {
+        entry["shard"] = record.shard;
+        entry["slice"] = record.slice;
+      }
+    } else {
+      entry["reason"] = reason(record.outcome);
+    }
+    out.push_back(entry);
+  }
+  return out;
+}
+
+json request_part(const storage::LedgerRequest& row) {
+  if (row.subject_hash) return {{"subject_hash", *row.subject_hash}};
+  return {{"records", row.record_hashes.size()}};
+}
+
+std::int64_t deleted_count(const json& records) {
+  return std::count_if(records.begin(), records.end(), [](const json& r) { return r.at("outcome") == "deleted"; });
+}
+
+}  // namespace
+
+json iso_time(std::int64_t unix_ms) {
+  if (unix_ms <= 0) return nullptr;
+  const std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &utc);
+  char out[40];
+  std::snprintf(out, sizeof out, "%s.%03lldZ", text, static_cast<long long>(unix_ms % 1000));
+  return out;
+}
+
+Coordinator::Coordinator(JobRouter& router, storage::Ledger& ledger, comm::Communicator& comm, CoordinatorOptions options)
+    : router_(router), ledger_(ledger), comm_(comm), options_(options) {
+  if (comm.rank() != 0) throw std::logic_error("the coordinator runs on rank 0; other ranks call follow_coordinator");
+}
+
+Coordinator::~Coordinator() {
+  try {
+    stop();
+  } catch (const std::exception& e) {
+    spdlog::error("stopping the coordinator: {}", e.what());
+  }
+}
+
+Submission Coordinator::submit(const DeletionRequest& request) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) throw QueueFull("the service is shutting down; retry against the restarted service");
+    if (queue_.size() >= options_.max_queue) {
+      throw QueueFull(std::to_string(queue_.size()) + " deletion requests are queued (limit " +
+                      std::to_string(options_.max_queue) + "); retry shortly");
+    }
+  }
+  auto result = ledger_.submit(request.records, request.subject, request.idempotency_key);
+  if (result.created) {
+    std::lock_guard lock(mutex_);
+    queue_.push_back(result.request.id);
+    metrics_.queue_depth = queue_.size();
+    wake_.notify_one();
+  }
+  return {std::move(result.request), result.created};
+}
+
+void Coordinator::start() {
+  std::lock_guard lock(mutex_);
+  if (thread_.joinable() || stopped_) throw std::logic_error("Coordinator::start: already started");
+  thread_ = std::thread([this] { worker(); });
+}
+
+void Coordinator::stop() {
+  bool started = false;
+  {
+    std::lock_guard lock(mutex_);
+    if (stopped_) return;
+    stopping_ = true;
+    started = thread_.joinable();
+    wake_.notify_all();
+  }
+  if (started) {
+    thread_.join();
+  } else {
+    send_command(kStop);  // never started: the other ranks still wait for rank 0's first command
+  }
+  std::lock_guard lock(mutex_);
+  stopped_ = true;
+}
+
+void Coordinator::run_until_idle() {
+  replay();
+  for (;;) {
+    std::vector<std::string> batch;
+    {
+      std::lock_guard lock(mutex_);
+      while (!queue_.empty() && batch.size() < options_.max_batch_requests) {
+        batch.push_back(queue_.front());
+        queue_.pop_front();
+      }
+    }
+    if (batch.empty()) break;
+    process(batch);
+  }
+  send_command(kStop);
+  std::lock_guard lock(mutex_);
+  stopped_ = true;
+}
+
+void Coordinator::send_command(std::int64_t command) {
+  comm_.broadcast({&command, 1, comm::DataType::kInt64}, 0);
+}
+
+void Coordinator::worker() {
+  try {
+    replay();
+    for (;;) {
+      std::vector<std::string> batch;
+      {
+        std::unique_lock lock(mutex_);
+        if (!wake_.wait_for(lock, options_.heartbeat, [this] { return stopping_ || !queue_.empty(); })) {
+          lock.unlock();
+          send_command(kHeartbeat);
+          continue;
+        }
+        if (stopping_) break;
+        // The batching window: a burst arriving now costs one plan.
+        wake_.wait_for(lock, options_.batch_window,
+                       [this] { return stopping_ || queue_.size() >= options_.max_batch_requests; });
+        while (!queue_.empty() && batch.size() < options_.max_batch_requests) {
+          batch.push_back(queue_.front());
+          queue_.pop_front();
+        }
+      }
+      process(batch);
+    }
+    send_command(kStop);
+  } catch (const std::exception& e) {
+    // Only a communicator failure gets here (process() contains the rest): the ranks can no longer
+    // work together, so the process must end; the ledger keeps every acknowledged request.
+    spdlog::critical("coordinator: {}; exiting so that the job can be restarted (acknowledged requests are kept)", e.what());
+    std::_Exit(3);
+  }
+}
+
+void Coordinator::replay() {
+  const auto unfinished = ledger_.unfinished();
+  if (unfinished.empty()) return;
+  spdlog::info("coordinator: replaying {} acknowledged request(s) not completed before the last stop", unfinished.size());
+  // A batch committed to the manifest but not completed (there is at most one: the last) finishes first.
+  std::vector<std::string> rest;
+  for (const auto& row : unfinished) {
+    if (!router_.committed_batch_of(row.id)) rest.push_back(row.id);
+  }
+  std::vector<std::string> committed;
+  for (const auto& row : unfinished) {
+    if (router_.committed_batch_of(row.id)) committed.push_back(row.id);
+  }
+  if (!committed.empty()) process(committed);
+  std::lock_guard lock(mutex_);
+  for (auto it = rest.rbegin(); it != rest.rend(); ++it) queue_.push_front(*it);
+  metrics_.queue_depth = queue_.size();
+}
+
+void Coordinator::process(const std::vector<std::string>& ids) {
+  std::string error;
+  for (int attempt = 1; attempt <= std::max(1, options_.attempts); ++attempt) {
+    std::vector<storage::LedgerRequest> requests;
+    for (const auto& id : ids) {
+      auto row = ledger_.get(id);
+      if (row && (row->status == storage::RequestStatus::kQueued || row->status == storage::RequestStatus::kApplied)) {
+        requests.push_back(std::move(*row));
+      }
+    }
+    if (requests.empty()) return;
+    try {
+      process_once(requests);
+      std::lock_guard lock(mutex_);
+      metrics_.last_error.clear();
+      return;
+    } catch (const comm::CommError&) {
+      throw;  // the ranks are out of step: not retryable in this process
+    } catch (const std::exception& e) {
+      error = e.what();
+      spdlog::error("coordinator: batch of {} request(s), attempt {} of {}: {}", requests.size(), attempt,
+                    options_.attempts, error);
+      {
+        std::lock_guard lock(mutex_);
+        metrics_.last_error = error;
+      }
+      if (attempt < options_.attempts) std::this_thread::sleep_for(options_.retry_delay);
+    }
+  }
+  for (const auto& id : ids) {
+    try {
+      auto row = ledger_.get(id);
+      if (!row || row->status == storage::RequestStatus::kCompleted || row->status == storage::RequestStatus::kFailed) continue;
+      json receipt = row->receipt.is_object() ? row->receipt : json{{"id", id}, {"request", request_part(*row)}};
+      receipt["status"] = "failed";
+      receipt["error"] = error;
+      receipt["failed_at"] = iso_time(now_ms());
+      ledger_.fail(id, error, receipt);
+      std::lock_guard lock(mutex_);
+      ++metrics_.failed;
+    } catch (const std::exception& e) {
+      spdlog::error("coordinator: cannot record request {} as failed: {}", id, e.what());
+    }
+  }
+  std::lock_guard lock(mutex_);
+  metrics_.queue_depth = queue_.size();
+}
+
+void Coordinator::process_once(const std::vector<storage::LedgerRequest>& requests) {
+  // Requests whose batch the manifest already holds (a restart) only need finishing.
+  if (const auto committed = router_.committed_batch_of(requests.front().id)) {
+    std::vector<std::vector<ResolvedRecord>> records;
+    std::vector<std::string> forget;
+    for (const auto& row : requests) {
+      records.push_back(router_.resolve(request_of(row)));
+      for (const auto& record : records.back()) {
+        if (record.outcome == RecordOutcome::kDelete) forget.push_back(record.id);
+      }
+    }
+    send_command(kForget);
+    router_.forget_in_shares(forget);
+    finish(requests, records, *committed);
+    return;
+  }
+  std::vector<std::vector<ResolvedRecord>> records;
+  std::vector<ResolvedRecord> batch;
+  std::unordered_set<std::string> seen;
+  std::vector<std::string> request_ids;
+  for (const auto& row : requests) {
+    records.push_back(router_.resolve(request_of(row)));
+    request_ids.push_back(row.id);
+    for (const auto& record : records.back()) {
+      if (record.outcome == RecordOutcome::kDelete && seen.insert(record.id).second) batch.push_back(record);
+    }
+  }
+  send_command(kBatch);
+  const auto outcome = router_.apply_batch(batch, request_ids);
+  finish(requests, records, outcome);
+}
+
+void Coordinator::finish(const std::vector<storage::LedgerRequest>& requests,
+                         const std::vector<std::vector<ResolvedRecord>>& records, const BatchOutcome& outcome) {
+  const auto applied_ms = now_ms();
+  std::vector<json> receipts;
+  std::vector<std::string> erase;
+  std::unordered_set<std::string> seen;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    const auto& row = requests[i];
+    // A request applied before a restart keeps the record outcomes it was applied with (its records
+    // may since have been erased, which a fresh resolution would report as "already erased").
+    json per_record = row.status == storage::RequestStatus::kApplied && row.receipt.contains("records")
+                          ? row.receipt["records"]
+                          : records_part(records[i], ledger_);
+    for (const auto& record : records[i]) {
+      if (record.outcome == RecordOutcome::kDelete && seen.insert(record.id).second) erase.push_back(record.id);
+    }
+    json receipt = {{"id", row.id},
+                    {"status", "applied"},
+                    {"submitted_at", iso_time(row.submitted_ms)},
+                    {"applied_at", iso_time(row.applied_ms > 0 ? row.applied_ms : applied_ms)},
+                    {"completed_at", nullptr},
+                    {"request", request_part(row)},
+                    {"records", per_record},
+                    {"batch", {{"requests", outcome.request_ids.size()}, {"records_deleted", outcome.records_deleted}}},
+                    {"models", outcome.models},
+                    {"model_version", outcome.model_version}};
+    if (row.status == storage::RequestStatus::kQueued) ledger_.mark_applied(row.id, receipt);
+    receipts.push_back(std::move(receipt));
+  }
+  router_.purge(outcome.purge);
+  std::int64_t erased_now = 0;
+  if (!erase.empty()) {
+    const auto report = storage::erase_records(router_.dataset_path(), erase);
+    erased_now = static_cast<std::int64_t>(report.erased.size());
+  }
+  const auto completed_ms = now_ms();
+  std::vector<double> latencies;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    auto& receipt = receipts[i];
+    receipt["status"] = "completed";
+    receipt["completed_at"] = iso_time(completed_ms);
+    receipt["records_erased"] = deleted_count(receipt["records"]);
+    ledger_.complete(requests[i].id, receipt);
+    latencies.push_back(static_cast<double>(completed_ms - requests[i].submitted_ms) / 1000.0);
+  }
+  ledger_.scrub();
+  spdlog::info("coordinator: batch of {} request(s) completed: {} record(s) forgotten, {} erased now, {} checkpoint(s) purged, model version {}",
+               requests.size(), outcome.records_deleted, erased_now, outcome.purge.size(), outcome.model_version);
+  std::lock_guard lock(mutex_);
+  ++metrics_.batches;
+  metrics_.completed += requests.size();
+  for (const auto latency : latencies) {
+    metrics_.latency_sum_seconds += latency;
+    metrics_.latencies_seconds.push_back(latency);
+  }
+  constexpr std::size_t kKeep = 4096;
+  if (metrics_.latencies_seconds.size() > kKeep) {
+    metrics_.latencies_seconds.erase(metrics_.latencies_seconds.begin(),
+                                     metrics_.latencies_seconds.end() - static_cast<std::ptrdiff_t>(kKeep));
+  }
+  metrics_.queue_depth = queue_.size();
+}
+
+std::optional<json> Coordinator::receipt(const std::string& id) const {
+  const auto row = ledger_.get(id);
+  if (!row) return std::nullopt;
+  if (row->receipt.is_object()) return row->receipt;
+  return json{{"id", row->id},
+              {"status", to_string(row->status)},
+              {"submitted_at", iso_time(row->submitted_ms)},
+              {"request", request_part(*row)},
+              {"error", row->error.empty() ? json(nullptr) : json(row->error)}};
+}
+
+CoordinatorMetrics Coordinator::metrics() const {
+  std::lock_guard lock(mutex_);
+  return metrics_;
+}
+
+void follow_coordinator(JobRouter& router, comm::Communicator& comm) {
+  for (;;) {
+    std::int64_t command = kHeartbeat;
+    comm.broadcast({&command, 1, comm::DataType::kInt64}, 0);
+    try {
+      switch (command) {
+        case kHeartbeat: break;
+        case kBatch: (void)router.apply_batch({}, {}); break;
+        case kForget: router.forget_in_shares({}); break;
+        case kStop: return;
+        default:
+          throw comm::CommError("rank " + std::to_string(comm.rank()) + ": unknown command " + std::to_string(command) +
+                                " from rank 0");
+      }
+    } catch (const comm::CommError&) {
+      throw;
+    } catch (const std::exception& e) {
+      // Every rank agreed on this failure (JobRouter uses agree_on_failure); rank 0 retries the batch.
+      spdlog::warn("rank {}: batch failed: {}", comm.rank(), e.what());
+    }
+  }
+}
+
+}  // namespace lethe::deletion

@@ -1,0 +1,47 @@
+// deletion/record_resolution.h — what a deletion request names, record by record: which rows of the
+// job's dataset, in which S3T shard and slice, and why a named record cannot be deleted (unknown, public).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "deletion/request.h"
+#include "storage/dataset.h"
+
+namespace lethe::deletion {
+
+enum class RecordOutcome {
+  kDelete,         // live, not public: every model that saw it forgets it, its bytes are erased
+  kUnknown,        // no such id in the dataset (or a subject with no records)
+  kPublic,         // public records pretrained the frozen backbone: refused (DESIGN.md §2)
+  kAlreadyErased,  // erased by an earlier request: nothing left to do
+};
+[[nodiscard]] std::string_view to_string(RecordOutcome outcome);
+// Why the outcome is what it is, for the receipt ("" for kDelete).
+[[nodiscard]] std::string_view reason(RecordOutcome outcome);
+
+struct ResolvedRecord {
+  std::string id;
+  RecordOutcome outcome = RecordOutcome::kUnknown;
+  std::optional<std::uint64_t> row;  // set unless unknown
+  int shard = -1;                    // S3T assignment; -1 when the job has no S3T model or the record is not deletable
+  int slice = -1;
+};
+
+// S3T's partition of the dataset, when the job has an S3T model.
+struct Partition {
+  int shards = 0;
+  int slices = 0;
+};
+
+// The records of `request`. For a subject, its live records (each public one reported as kPublic);
+// a subject without live records gives one kUnknown entry whose id is the subject.
+[[nodiscard]] std::vector<ResolvedRecord> resolve_records(const storage::Dataset& dataset, const DeletionRequest& request,
+                                                          const std::optional<Partition>& partition);
+
+}  // namespace lethe::deletion

@@ -1,0 +1,163 @@
+#include "deletion/service.h"
+
+#include <algorithm>
+#include <sstream>
+
+#include "storage/error.h"
+
+namespace lethe::deletion {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr std::string_view kDeletions = "/v1/deletions";
+
+http::Response method_not_allowed(std::string_view allowed) {
+  auto response = http::json_error(405, "method_not_allowed", "use " + std::string(allowed) + " on this path");
+  response.headers.emplace_back("Allow", std::string(allowed));
+  return response;
+}
+
+json parse_body(const http::Request& request) {
+  try {
+    return json::parse(request.body);
+  } catch (const json::parse_error& e) {
+    throw RequestError("body", std::string("is not valid JSON: ") + e.what());
+  }
+}
+
+http::Response submit(Coordinator& coordinator, const http::Request& request) {
+  const auto deletion = parse_deletion_request(parse_body(request));
+  Submission submission;
+  try {
+    submission = coordinator.submit(deletion);
+  } catch (const QueueFull& e) {
+    auto response = http::json_error(429, "queue_full", e.what());
+    response.headers.emplace_back("Retry-After", "1");
+    return response;
+  } catch (const storage::LedgerError& e) {
+    // The only client-caused ledger error: an idempotency key reused for another request.
+    if (deletion.idempotency_key && std::string_view(e.what()).find("idempotency") != std::string_view::npos) {
+      return http::json_error(409, "idempotency_key_reused", e.what(), "idempotency_key");
+    }
+    throw;
+  }
+  const auto& row = submission.request;
+  auto response = http::json_response(submission.created ? 202 : 200,
+                                      {{"id", row.id},
+                                       {"status", storage::to_string(row.status)},
+                                       {"created", submission.created},
+                                       {"submitted_at", iso_time(row.submitted_ms)},
+                                       {"receipt", std::string(kDeletions) + "/" + row.id}});
+  response.headers.emplace_back("Location", std::string(kDeletions) + "/" + row.id);
+  return response;
+}
+
+void quantiles(std::ostringstream& out, std::vector<double> samples) {
+  std::sort(samples.begin(), samples.end());
+  for (const double q : {0.5, 0.9, 0.99}) {
+    out << "lethe_deletion_latency_seconds{quantile=\"" << q << "\"} ";
+    if (samples.empty()) {
+      out << "NaN\n";
+    } else {
+      const auto index = static_cast<std::size_t>(q * static_cast<double>(samples.size() - 1) + 0.5);
+      out << samples[std::min(index, samples.size() - 1)] << "\n";
+    }
+  }
+}
+
+}  // namespace
+
+std::string render_metrics(const CoordinatorMetrics& metrics, const JobRouter& router, const storage::Ledger& ledger,
+                           const http::ServerStats& server) {
+  std::ostringstream out;
+  out << "# HELP lethe_deletion_queue_depth Acknowledged deletion requests waiting for a batch.\n"
+         "# TYPE lethe_deletion_queue_depth gauge\n"
+      << "lethe_deletion_queue_depth " << metrics.queue_depth << "\n";
+  out << "# HELP lethe_deletion_requests Deletion requests in the ledger by status.\n"
+         "# TYPE lethe_deletion_requests gauge\n";
+  for (const auto& [status, count] : ledger.counts()) {
+    out << "lethe_deletion_requests{status=\"" << storage::to_string(status) << "\"} " << count << "\n";
+  }
+  out << "# HELP lethe_deletions_completed_total Deletion requests completed by this process.\n"
+         "# TYPE lethe_deletions_completed_total counter\n"
+      << "lethe_deletions_completed_total " << metrics.completed << "\n"
+      << "# HELP lethe_deletions_failed_total Deletion requests failed by this process.\n"
+         "# TYPE lethe_deletions_failed_total counter\n"
+      << "lethe_deletions_failed_total " << metrics.failed << "\n"
+      << "# HELP lethe_deletion_batches_total Batches planned and applied by this process.\n"
+         "# TYPE lethe_deletion_batches_total counter\n"
+      << "lethe_deletion_batches_total " << metrics.batches << "\n";
+  out << "# HELP lethe_deletion_latency_seconds Request to completed receipt, recent requests.\n"
+         "# TYPE lethe_deletion_latency_seconds summary\n";
+  quantiles(out, metrics.latencies_seconds);
+  out << "lethe_deletion_latency_seconds_sum " << metrics.latency_sum_seconds << "\n"
+      << "lethe_deletion_latency_seconds_count " << metrics.completed << "\n";
+  out << "# HELP lethe_model_version The job's model version (one more per applied batch).\n"
+         "# TYPE lethe_model_version gauge\n"
+      << "lethe_model_version " << router.model_version() << "\n";
+  const auto depths = router.live_depths();
+  if (!depths.empty()) {
+    out << "# HELP lethe_s3t_live_depth Served prefix depth per S3T shard (0: dead, retrain scheduled).\n"
+           "# TYPE lethe_s3t_live_depth gauge\n";
+    for (std::size_t k = 0; k < depths.size(); ++k) out << "lethe_s3t_live_depth{shard=\"" << k << "\"} " << depths[k] << "\n";
+  }
+  out << "# HELP lethe_http_responses_total HTTP responses by status class.\n"
+         "# TYPE lethe_http_responses_total counter\n";
+  for (std::size_t c = 0; c < server.responses_by_class.size(); ++c) {
+    out << "lethe_http_responses_total{class=\"" << c + 1 << "xx\"} " << server.responses_by_class[c] << "\n";
+  }
+  out << "# HELP lethe_http_open_connections Open client connections.\n"
+         "# TYPE lethe_http_open_connections gauge\n"
+      << "lethe_http_open_connections " << server.open_connections << "\n";
+  return out.str();
+}
+
+http::Handler make_service_handler(Coordinator& coordinator, JobRouter& router, storage::Ledger& ledger,
+                                   ServerStatsSource server_stats) {
+  return [&coordinator, &router, &ledger, server_stats = std::move(server_stats)](const http::Request& request) -> http::Response {
+    const auto& path = request.path;
+    const auto& method = request.method;
+    try {
+      if (path == "/healthz") {
+        if (method != "GET") return method_not_allowed("GET");
+        const auto metrics = coordinator.metrics();
+        return http::json_response(200, {{"status", metrics.last_error.empty() ? "ok" : "degraded"},
+                                         {"queue_depth", metrics.queue_depth},
+                                         {"last_error", metrics.last_error}});
+      }
+      if (path == kDeletions) {
+        if (method != "POST") return method_not_allowed("POST");
+        return submit(coordinator, request);
+      }
+      if (path.size() > kDeletions.size() + 1 && path.compare(0, kDeletions.size() + 1, std::string(kDeletions) + "/") == 0) {
+        if (method != "GET") return method_not_allowed("GET");
+        const auto id = path.substr(kDeletions.size() + 1);
+        const auto receipt = coordinator.receipt(id);
+        if (!receipt) return http::json_error(404, "not_found", "no deletion request with id '" + id + "'");
+        return http::json_response(200, *receipt);
+      }
+      if (path == "/v1/models") {
+        if (method != "GET") return method_not_allowed("GET");
+        return http::json_response(200, router.models_json());
+      }
+      if (path == "/v1/predict") {
+        if (method != "POST") return method_not_allowed("POST");
+        return http::json_response(200, router.predict(parse_body(request)));
+      }
+      if (path == "/metrics") {
+        if (method != "GET") return method_not_allowed("GET");
+        http::Response response;
+        response.content_type = "text/plain; version=0.0.4";
+        response.body = render_metrics(coordinator.metrics(), router, ledger, server_stats());
+        return response;
+      }
+      return http::json_error(404, "not_found", "no such endpoint: " + path + " (see docs/API.md)");
+    } catch (const RequestError& e) {
+      return http::json_error(400, "invalid_request", e.what(), e.field());
+    }
+  };
+}
+
+}  // namespace lethe::deletion

@@ -1,0 +1,25 @@
+// deletion/service.h — HTTP API v1 of the coordinator (docs/API.md): maps requests to the
+// coordinator, the router and the ledger, and renders Prometheus metrics.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "deletion/coordinator.h"
+#include "deletion/http_server.h"
+#include "deletion/job_router.h"
+
+namespace lethe::deletion {
+
+// The server's own counters, read at /metrics time (the server is built after the handler).
+using ServerStatsSource = std::function<http::ServerStats()>;
+
+// The handler for http::Server. Authentication, body limits and timeouts are the server's.
+[[nodiscard]] http::Handler make_service_handler(Coordinator& coordinator, JobRouter& router, storage::Ledger& ledger,
+                                                 ServerStatsSource server_stats);
+
+// Prometheus text exposition (version 0.0.4) of the service's state.
+[[nodiscard]] std::string render_metrics(const CoordinatorMetrics& metrics, const JobRouter& router,
+                                         const storage::Ledger& ledger, const http::ServerStats& server);
+
+}  // namespace lethe::deletion

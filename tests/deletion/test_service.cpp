@@ -1,0 +1,311 @@
+// End to end: the real `lethe serve` on loopback (one process, and two MPI ranks), real HTTP,
+// a real SQLite ledger and HDF5 files; deletions by both routes, erasure checked by scanning bytes.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "deletion/http_client.h"
+#include "service_process.h"
+#include "storage/checkpoint_store.h"
+#include "storage/dataset.h"
+#include "storage/record_assignment.h"
+#include "tests/trainer/cli_job_fixture.h"
+
+namespace lethe::test {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kToken = "0123456789abcdef-service-test-token";
+
+class ServiceTest : public CliJobTest {
+ protected:
+  void SetUp() override {
+    CliJobTest::SetUp();
+    if (HasFatalFailure()) return;
+    auto text = job_config_text(JobShape{2, 3, 3, 1});
+    text += "noisy_gd: {lambda: 0.05, sigma: 0.05, steps: 60, target_epsilon: 1.0}\n";
+    std::ofstream(dir_ / "job.yaml") << text;
+    const auto pre = pretrain(dir_ / "job.yaml");
+    ASSERT_EQ(pre.status, 0) << pre.out;
+    const auto trained = train(dir_ / "job.yaml", job());
+    ASSERT_EQ(trained.status, 0) << trained.out;
+    write_token_file(dir_ / "token", kToken);
+  }
+
+  [[nodiscard]] fs::path job() const { return dir_ / "run"; }
+
+  ServiceProcess serve(int ranks = 1, const std::string& extra = "") {
+    // Info logging: the log says whether the service drained and stopped cleanly.
+    return ServiceProcess((ranks > 1 ? mpiexec(ranks) : std::string()) + std::string(LETHE_BINARY) + " serve --job " + job().string() +
+                              " --listen 127.0.0.1:0 --token-file " + (dir_ / "token").string() + " " + extra,
+                          dir_ / "serve.log");
+  }
+
+  // Live non-public record ids of the training set, in file order.
+  [[nodiscard]] std::vector<std::string> private_ids() const {
+    const auto dataset = storage::Dataset::open(dir_ / "train.h5");
+    std::vector<std::string> ids;
+    for (std::uint64_t row = 0; row < dataset.size(); ++row) {
+      if (!dataset.is_public(row) && !dataset.is_tombstoned(row)) ids.emplace_back(dataset.id(row));
+    }
+    return ids;
+  }
+  [[nodiscard]] std::string public_id() const {
+    const auto dataset = storage::Dataset::open(dir_ / "train.h5");
+    for (std::uint64_t row = 0; row < dataset.size(); ++row) {
+      if (dataset.is_public(row)) return std::string(dataset.id(row));
+    }
+    throw std::runtime_error("no public record");
+  }
+  [[nodiscard]] std::string features_of(const std::string& id) const {
+    const auto dataset = storage::Dataset::open(dir_ / "train.h5");
+    const std::uint64_t row = dataset.row_of(id);
+    std::string bytes(dataset.layout().bytes_per_record(), '\0');
+    dataset.read_features({&row, 1}, {reinterpret_cast<std::uint8_t*>(bytes.data()), bytes.size()});
+    return bytes;
+  }
+  // Every file under the job directory, and the dataset, that holds `needle`.
+  [[nodiscard]] std::vector<std::string> files_containing(const std::string& needle) const {
+    std::vector<std::string> found;
+    for (const auto& [path, content] : snapshot(job())) {
+      if (content.find(needle) != std::string::npos) found.push_back(path);
+    }
+    for (const auto& [path, content] : snapshot(dir_)) {
+      if (path.find("train.h5") != std::string::npos && content.find(needle) != std::string::npos) found.push_back(path);
+    }
+    return found;
+  }
+};
+
+json post(http::Client& client, const std::string& target, const json& body, int expected) {
+  const auto response = client.request("POST", target, body.dump());
+  EXPECT_EQ(response.status, expected) << response.body;
+  return json::parse(response.body);
+}
+
+TEST_F(ServiceTest, DeletesByBothRoutesErasesEverywhereAndReportsIt) {
+  const auto ids = private_ids();
+  const auto victim = ids.at(7);
+  const auto victim_bytes = features_of(victim);
+  ASSERT_FALSE(files_containing(victim_bytes).empty()) << "the scan would not see the record's bytes";
+  auto service = serve();
+  auto client = service.client(kToken);
+
+  // Authentication: only /healthz is open.
+  auto anonymous = http::Client(http::parse_url(service.url()), std::nullopt, std::chrono::seconds(10));
+  EXPECT_EQ(anonymous.request("GET", "/healthz").status, 200);
+  EXPECT_EQ(anonymous.request("GET", "/v1/models").status, 401);
+  EXPECT_EQ(anonymous.request("POST", "/v1/deletions", R"({"records": ["x"]})").status, 401);
+  auto wrong = http::Client(http::parse_url(service.url()), std::string("not-the-token"), std::chrono::seconds(10));
+  EXPECT_EQ(wrong.request("GET", "/metrics").status, 401);
+
+  const auto before = json::parse(client.request("GET", "/v1/models").body);
+  const auto submitted = post(client, "/v1/deletions", {{"records", {victim, "no-such-record", public_id()}}}, 202);
+  const auto receipt = wait_for_receipt(client, submitted.at("id"));
+  ASSERT_EQ(receipt.at("status"), "completed") << receipt.dump(2);
+  const auto text = receipt.dump();
+  EXPECT_EQ(text.find(victim), std::string::npos) << "record id in clear in the receipt";
+  const auto& records = receipt.at("records");
+  ASSERT_EQ(records.size(), 3u);
+  EXPECT_EQ(records[0].at("outcome"), "deleted");
+  EXPECT_EQ(records[1].at("outcome"), "unknown");
+  EXPECT_EQ(records[2].at("outcome"), "refused_public");
+  EXPECT_NE(records[2].at("reason").get<std::string>().find("backbone"), std::string::npos);
+  EXPECT_EQ(receipt.at("records_erased"), 1);
+  EXPECT_EQ(receipt.at("model_version"), 1);
+  for (const auto* key : {"submitted_at", "applied_at", "completed_at"}) EXPECT_TRUE(receipt.at(key).is_string()) << key;
+
+  // S3T: every sequence of the record's shard is cut before its slice; P_p.. are purged.
+  const int shard = records[0].at("shard");
+  const auto& models = receipt.at("models");
+  ASSERT_EQ(models.size(), 2u) << receipt.dump(2);
+  EXPECT_EQ(models[0].at("route"), "slice_deactivation");
+  const auto& effect = models[0].at("shards").at(0);
+  EXPECT_EQ(effect.at("shard"), shard);
+  int purged = 0;
+  for (const auto& sequence : effect.at("sequences")) {
+    EXPECT_LT(sequence.at("depth_after").get<int>(), sequence.at("depth_before").get<int>());
+    purged += static_cast<int>(sequence.at("checkpoints_purged").size());
+  }
+  EXPECT_EQ(purged, 1 + 2 + 3) << "a cyclic 3x3 Latin square cuts each position once";
+  // Noisy GD: K_U steps certified at the target epsilon.
+  EXPECT_EQ(models[1].at("route"), "noisy_gd");
+  EXPECT_GE(models[1].at("unlearning_steps").get<int>(), 1);
+  EXPECT_LE(models[1].at("epsilon").get<double>(), 1.0);
+  EXPECT_TRUE(models[1].at("certified").get<bool>());
+
+  const auto after = json::parse(client.request("GET", "/v1/models").body);
+  EXPECT_EQ(after.at("model_version"), 1);
+  EXPECT_LT(after["models"][0]["shards"][shard]["depth"].get<int>(), before["models"][0]["shards"][shard]["depth"].get<int>());
+
+  // The record's bytes are gone from every file; its id is gone from the ledger's files.
+  EXPECT_EQ(files_containing(victim_bytes), std::vector<std::string>{});
+  for (const auto& path : files_containing(victim)) EXPECT_EQ(path.find("ledger"), std::string::npos) << path;
+
+  // Predict with both models; bad shapes are 400 naming the field.
+  const json row = json::array({std::vector<int>(36, 100)});
+  EXPECT_EQ(post(client, "/v1/predict", {{"inputs", row}}, 200).at("predictions").size(), 1u);
+  EXPECT_EQ(post(client, "/v1/predict", {{"inputs", row}, {"model", "noisy_gd"}}, 200).at("model"), "noisy_gd");
+  EXPECT_EQ(post(client, "/v1/predict", {{"inputs", {{1, 2, 3}}}}, 400)["error"]["field"], "inputs[0]");
+
+  // Bad requests: each a JSON error naming the field; nothing is queued.
+  EXPECT_EQ(json::parse(client.request("POST", "/v1/deletions", "{not json").body)["error"]["field"], "body");
+  EXPECT_EQ(post(client, "/v1/deletions", {{"records", {1}}}, 400)["error"]["field"], "records[0]");
+  EXPECT_EQ(post(client, "/v1/deletions", {{"records", {"a"}}, {"subject", "s"}}, 400)["error"]["field"], "subject");
+  EXPECT_EQ(client.request("GET", "/v1/deletions/del-0000000000000000").status, 404);
+  EXPECT_EQ(client.request("POST", "/v1/deletions", std::string(2 << 20, ' ')).status, 413);
+  EXPECT_EQ(client.request("GET", "/v1/nothing").status, 404);
+  EXPECT_EQ(client.request("DELETE", "/v1/models").status, 405);
+
+  // Idempotency: the same key gives the same request.
+  const auto first = post(client, "/v1/deletions", {{"records", {ids.at(11)}}, {"idempotency_key", "k-1"}}, 202);
+  const auto again = post(client, "/v1/deletions", {{"records", {ids.at(11)}}, {"idempotency_key", "k-1"}}, 200);
+  EXPECT_EQ(again.at("id"), first.at("id"));
+  EXPECT_FALSE(again.at("created").get<bool>());
+  EXPECT_EQ(post(client, "/v1/deletions", {{"records", {ids.at(12)}}, {"idempotency_key", "k-1"}}, 409)["error"]["field"],
+            "idempotency_key");
+  EXPECT_EQ(wait_for_receipt(client, first.at("id")).at("status"), "completed");
+
+  const auto metrics = client.request("GET", "/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.body.find("lethe_deletions_completed_total 2"), std::string::npos) << metrics.body;
+  EXPECT_NE(metrics.body.find("lethe_s3t_live_depth{shard=\"" + std::to_string(shard) + "\"}"), std::string::npos);
+  EXPECT_NE(metrics.body.find("lethe_deletion_latency_seconds{quantile=\"0.99\"}"), std::string::npos);
+
+  EXPECT_EQ(service.terminate(), 0) << service.log_text();
+}
+
+TEST_F(ServiceTest, KilledMidBurstCompletesEveryAcknowledgedRequestExactlyOnce) {
+  const auto ids = private_ids();
+  constexpr int kRequests = 40;
+  std::set<std::string> acknowledged;  // request ids answered 202
+  {
+    auto service = serve();
+    std::mutex mutex;
+    std::atomic<int> next{0};
+    std::atomic<bool> killed{false};
+    std::vector<std::thread> senders;
+    for (int t = 0; t < 4; ++t) {
+      senders.emplace_back([&] {
+        auto client = service.client(kToken);
+        for (int i = next++; i < kRequests && !killed; i = next++) {
+          try {
+            const json body = {{"records", {ids.at(static_cast<std::size_t>(i))}}, {"idempotency_key", "burst-" + std::to_string(i)}};
+            const auto response = client.request("POST", "/v1/deletions", body.dump());
+            if (response.status == 202) {
+              std::lock_guard lock(mutex);
+              acknowledged.insert(json::parse(response.body).at("id").get<std::string>());
+            }
+          } catch (const http::HttpClientError&) {
+            return;  // the server is gone
+          }
+        }
+      });
+    }
+    while (true) {
+      {
+        std::lock_guard lock(mutex);
+        if (acknowledged.size() >= 15) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    service.kill_hard();
+    killed = true;
+    for (auto& sender : senders) sender.join();
+  }
+  ASSERT_GE(acknowledged.size(), 15u);
+
+  auto service = serve();
+  auto client = service.client(kToken);
+  // The client retries everything (it cannot know what was acknowledged before the kill).
+  std::set<std::string> all;
+  for (int i = 0; i < kRequests; ++i) {
+    const json body = {{"records", {ids.at(static_cast<std::size_t>(i))}}, {"idempotency_key", "burst-" + std::to_string(i)}};
+    const auto response = client.request("POST", "/v1/deletions", body.dump());
+    ASSERT_TRUE(response.status == 200 || response.status == 202) << response.body;
+    const auto id = json::parse(response.body).at("id").get<std::string>();
+    // A 200 for a key the client saw no answer for is legitimate: the row was durable but the kill
+    // came before the 202 went out. The retry then finds it instead of queueing it twice.
+    all.insert(id);
+  }
+  for (const auto& id : acknowledged) EXPECT_EQ(all.count(id), 1u) << id << " acknowledged before the kill, then lost";
+  EXPECT_EQ(all.size(), static_cast<std::size_t>(kRequests));
+  for (const auto& id : all) EXPECT_EQ(wait_for_receipt(client, id).at("status"), "completed") << id;
+  const auto metrics = client.request("GET", "/metrics").body;
+  EXPECT_NE(metrics.find("lethe_deletion_requests{status=\"completed\"} " + std::to_string(kRequests)), std::string::npos) << metrics;
+  EXPECT_EQ(service.terminate(), 0) << service.log_text();
+
+  // Every record is erased exactly once; nothing else is.
+  const auto dataset = storage::Dataset::open(dir_ / "train.h5");
+  for (int i = 0; i < kRequests; ++i) EXPECT_TRUE(dataset.is_tombstoned(dataset.row_of(ids.at(static_cast<std::size_t>(i)))));
+  EXPECT_EQ(dataset.tombstoned_count(), static_cast<std::uint64_t>(kRequests));
+}
+
+TEST_F(ServiceTest, TwoRanksUnderMpirunGiveTheSameModelAsBatchModeOnOneRank) {
+  const auto ids = private_ids();
+  const std::vector<std::string> victims = {ids.at(3), ids.at(30), ids.at(60)};
+  fs::copy(job(), dir_ / "copy", fs::copy_options::recursive);
+  fs::copy(dir_ / "train.h5", dir_ / "train-copy.h5");
+  {
+    auto service = serve(2);
+    auto client = service.client(kToken);
+    const auto submitted = post(client, "/v1/deletions", {{"records", victims}}, 202);
+    EXPECT_EQ(wait_for_receipt(client, submitted.at("id")).at("status"), "completed");
+    // Open MPI's mpiexec exits 1 whenever it forwarded a SIGTERM, however the ranks ended; the
+    // service's own log says whether rank 0 drained and stopped the other rank.
+    (void)service.terminate();
+    EXPECT_NE(service.log_text().find("stopped cleanly"), std::string::npos) << service.log_text();
+  }
+  // The same deletion in batch mode on one rank, on the copy (pointed at its own dataset copy).
+  auto manifest = json::parse(std::ifstream(dir_ / "copy" / "manifest.json"));
+  manifest["dataset"] = (dir_ / "train-copy.h5").string();
+  std::ofstream(dir_ / "copy" / "manifest.json") << manifest.dump(2);
+  std::string command = lethe_cmd() + " delete --job " + (dir_ / "copy").string();
+  for (const auto& id : victims) command += " --record " + id;
+  const auto batch = run_command(command);
+  ASSERT_EQ(batch.status, 0) << batch.out;
+  EXPECT_EQ(json_of(batch).at("status"), "completed");
+  const auto served = json::parse(std::ifstream(job() / "manifest.json"));
+  const auto direct = json::parse(std::ifstream(dir_ / "copy" / "manifest.json"));
+  EXPECT_EQ(served.at("shards"), direct.at("shards"));
+  // The checkpoints' metadata name their dataset file, which differs; the weights must not.
+  const auto weights = [](const fs::path& job_dir, const json& manifest) {
+    return storage::CheckpointStore(job_dir / "checkpoints")
+        .load(manifest.at("noisy_gd").at("series"), manifest.at("noisy_gd").at("version"))
+        .tensors;
+  };
+  const auto served_weights = weights(job(), served);
+  const auto direct_weights = weights(dir_ / "copy", direct);
+  ASSERT_EQ(served_weights.size(), direct_weights.size());
+  for (std::size_t i = 0; i < served_weights.size(); ++i) {
+    EXPECT_EQ(served_weights[i].name, direct_weights[i].name);
+    EXPECT_TRUE(served_weights[i].bytes == direct_weights[i].bytes) << served_weights[i].name << " differs";
+  }
+}
+
+TEST_F(ServiceTest, RefusesAnOpenTokenFileAndASecondWriter) {
+  ::chmod((dir_ / "token").c_str(), 0644);
+  const auto open = run_command(lethe_cmd() + " serve --job " + job().string() + " --listen 127.0.0.1:0 --token-file " +
+                                (dir_ / "token").string());
+  EXPECT_EQ(open.status, 1);
+  EXPECT_NE(open.out.find("chmod 600"), std::string::npos) << open.out;
+  ::chmod((dir_ / "token").c_str(), 0600);
+
+  auto service = serve();
+  const auto second = run_command(lethe_cmd() + " delete --job " + job().string() + " --record " + private_ids().at(0));
+  EXPECT_EQ(second.status, 1);
+  EXPECT_NE(second.out.find("in use by lethe serve"), std::string::npos) << second.out;
+  // The client goes through the service instead.
+  const auto via = run_command(lethe_cmd() + " delete --server " + service.url() + " --token-file " + (dir_ / "token").string() +
+                               " --record " + private_ids().at(0) + " --wait");
+  ASSERT_EQ(via.status, 0) << via.out;
+  EXPECT_EQ(json_of(via).at("status"), "completed");
+  EXPECT_EQ(service.terminate(), 0) << service.log_text();
+}
+
+}  // namespace
+}  // namespace lethe::test

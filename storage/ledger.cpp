@@ -1,0 +1,707 @@
+#include "storage/ledger.h"
+
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <span>
+
+#include "storage/checkpoint_file.h"
+#include "storage/durable_file.h"
+
+namespace lethe::storage {
+
+namespace {
+
+constexpr std::string_view kFormat = "lethe-deletion-ledger";
+constexpr std::size_t kSaltBytes = 32;
+constexpr int kBusyTimeoutMs = 5000;
+
+// Clear values (record ids, subject, idempotency key) are never indexed: an index page would keep
+// a copy that the UPDATE ... = NULL at completion does not reach. request_records is a rowid table
+// for the same reason (a WITHOUT ROWID table copies whole rows into its interior pages).
+constexpr const char* kSchema = R"sql(
+CREATE TABLE meta (
+  key   TEXT PRIMARY KEY,
+  value BLOB NOT NULL
+);
+CREATE TABLE requests (
+  seq                  INTEGER PRIMARY KEY AUTOINCREMENT,
+  id                   TEXT NOT NULL UNIQUE,
+  idempotency_key      TEXT,
+  idempotency_key_hash TEXT UNIQUE,
+  subject              TEXT,
+  subject_hash         TEXT,
+  payload_hash         TEXT NOT NULL,
+  status               TEXT NOT NULL CHECK (status IN ('queued', 'applied', 'completed', 'failed')),
+  submitted_ms         INTEGER NOT NULL,
+  applied_ms           INTEGER NOT NULL DEFAULT 0,
+  completed_ms         INTEGER NOT NULL DEFAULT 0,
+  receipt              TEXT,
+  error                TEXT NOT NULL DEFAULT '',
+  CHECK (status IN ('queued', 'applied') OR (subject IS NULL AND idempotency_key IS NULL))
+);
+CREATE INDEX requests_by_status ON requests (status, seq);
+CREATE TABLE request_records (
+  request_seq INTEGER NOT NULL REFERENCES requests (seq) ON DELETE CASCADE,
+  position    INTEGER NOT NULL,
+  record_id   TEXT,
+  record_hash TEXT NOT NULL,
+  UNIQUE (request_seq, position)
+);
+CREATE INDEX request_records_by_hash ON request_records (record_hash);
+)sql";
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string random_bytes(std::size_t count, const std::filesystem::path& path) {
+  std::string bytes(count, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(bytes.data()), static_cast<int>(count)) != 1)
+    throw LedgerError("ledger " + path.string() + ": OpenSSL RAND_bytes failed; check the libcrypto installation");
+  return bytes;
+}
+
+std::string to_hex(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (const char c : bytes) {
+    const auto byte = static_cast<unsigned char>(c);
+    out += kHex[byte >> 4];
+    out += kHex[byte & 0xf];
+  }
+  return out;
+}
+
+std::optional<RequestStatus> status_from(std::string_view text) {
+  for (const auto status : {RequestStatus::kQueued, RequestStatus::kApplied, RequestStatus::kCompleted,
+                            RequestStatus::kFailed}) {
+    if (to_string(status) == text) return status;
+  }
+  return std::nullopt;
+}
+
+// `key` as one RFC 6901 reference token.
+std::string pointer_token(const std::string& key) {
+  std::string token;
+  for (const char c : key) {
+    if (c == '~') token += "~0";
+    else if (c == '/') token += "~1";
+    else token += c;
+  }
+  return token;
+}
+
+// The JSON path (RFC 6901 pointer) of the first string (value or key) of `value` that is in `clear`.
+std::optional<std::string> find_clear_value(const nlohmann::json& value, const std::set<std::string>& clear,
+                                            const std::string& where) {
+  if (value.is_string()) {
+    if (clear.count(value.get_ref<const std::string&>()) != 0) return where.empty() ? "/" : where;
+    return std::nullopt;
+  }
+  if (value.is_array()) {
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      if (auto found = find_clear_value(value[i], clear, where + "/" + std::to_string(i))) return found;
+    }
+  } else if (value.is_object()) {
+    for (const auto& [key, item] : value.items()) {
+      const std::string path = where + "/" + pointer_token(key);
+      if (clear.count(key) != 0) return path + " (as a key)";
+      if (auto found = find_clear_value(item, clear, path)) return found;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string_view to_string(RequestStatus status) {
+  switch (status) {
+    case RequestStatus::kQueued: return "queued";
+    case RequestStatus::kApplied: return "applied";
+    case RequestStatus::kCompleted: return "completed";
+    case RequestStatus::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
+// ---- RAII owners of the sqlite3 C API ----
+
+class Ledger::Database {
+ public:
+  explicit Database(const std::filesystem::path& path) : path_(path) {
+    const int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
+    if (rc != SQLITE_OK) {
+      const std::string message = db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+      sqlite3_close_v2(db_);
+      db_ = nullptr;
+      throw LedgerError("ledger " + path.string() + ": cannot open: " + message +
+                        "; check that the path is a readable and writable file");
+    }
+    sqlite3_extended_result_codes(db_, 1);
+  }
+  ~Database() { sqlite3_close_v2(db_); }
+  Database(const Database&) = delete;
+  Database& operator=(const Database&) = delete;
+
+  [[nodiscard]] sqlite3* handle() const { return db_; }
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+
+  // LedgerError for a failed SQLite call: operation, file, SQLite's message, and a hint where one helps.
+  [[nodiscard]] LedgerError error(const std::string& operation, int rc) const {
+    std::string message = "ledger " + path_.string() + ": " + operation + " failed: " + sqlite3_errmsg(db_);
+    switch (rc & 0xff) {
+      case SQLITE_BUSY:
+      case SQLITE_LOCKED:
+        message += "; another process holds the ledger (is another `lethe serve` or `lethe delete --job` running "
+                   "on this job?): stop it and retry";
+        break;
+      case SQLITE_NOTADB:
+        message += "; the file is not a SQLite database, so not a Lethe deletion ledger: move it aside or pass the "
+                   "job's ledger.sqlite (a new ledger is created where no file exists)";
+        break;
+      case SQLITE_CORRUPT:
+        message += "; the ledger file is damaged: restore it from a backup";
+        break;
+      case SQLITE_FULL:
+      case SQLITE_IOERR:
+        message += "; check the disk (full or failing?)";
+        break;
+      case SQLITE_READONLY:
+      case SQLITE_CANTOPEN:
+      case SQLITE_PERM:
+        message += "; check the permissions of the file and its directory";
+        break;
+      default: break;
+    }
+    return LedgerError(message);
+  }
+
+  void exec(const std::string& sql, const std::string& operation) {
+    char* raw = nullptr;
+    const int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &raw);
+    sqlite3_free(raw);  // errmsg still holds the text error() reports
+    if (rc != SQLITE_OK) throw error(operation, rc);
+  }
+
+ private:
+  std::filesystem::path path_;
+  sqlite3* db_ = nullptr;
+};
+
+namespace {
+
+using Database = Ledger::Database;
+
+// One prepared statement; bind parameters are 1-based, columns 0-based.
+class Statement {
+ public:
+  Statement(const Database& db, const char* sql, std::string operation) : db_(db), operation_(std::move(operation)) {
+    const int rc = sqlite3_prepare_v2(db.handle(), sql, -1, &stmt_, nullptr);
+    if (rc != SQLITE_OK) throw db.error(operation_ + " (preparing)", rc);
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  Statement& bind(int index, std::string_view text) {
+    check(sqlite3_bind_text(stmt_, index, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT));
+    return *this;
+  }
+  Statement& bind_optional(int index, const std::optional<std::string>& text) {
+    if (text) return bind(index, std::string_view(*text));
+    check(sqlite3_bind_null(stmt_, index));
+    return *this;
+  }
+  Statement& bind(int index, std::int64_t value) {
+    check(sqlite3_bind_int64(stmt_, index, value));
+    return *this;
+  }
+  Statement& bind_blob(int index, std::string_view bytes) {
+    check(sqlite3_bind_blob(stmt_, index, bytes.data(), static_cast<int>(bytes.size()), SQLITE_TRANSIENT));
+    return *this;
+  }
+
+  // True when a row is ready, false when done.
+  bool step() {
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    throw db_.error(operation_, rc);
+  }
+  void run() {
+    while (step()) {
+    }
+  }
+  void reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+
+  [[nodiscard]] bool is_null(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
+  [[nodiscard]] std::int64_t int64(int column) const { return sqlite3_column_int64(stmt_, column); }
+  [[nodiscard]] std::string text(int column) const {
+    const auto* data = sqlite3_column_blob(stmt_, column);  // raw bytes of TEXT or BLOB
+    const int size = sqlite3_column_bytes(stmt_, column);
+    return data == nullptr ? std::string() : std::string(static_cast<const char*>(data), static_cast<std::size_t>(size));
+  }
+  [[nodiscard]] std::optional<std::string> optional_text(int column) const {
+    if (is_null(column)) return std::nullopt;
+    return text(column);
+  }
+
+ private:
+  void check(int rc) const {
+    if (rc != SQLITE_OK) throw db_.error(operation_ + " (binding)", rc);
+  }
+
+  const Database& db_;
+  std::string operation_;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+// BEGIN IMMEDIATE (takes the write lock up front, so a read-then-write never fails half way);
+// rolls back unless committed.
+class Transaction {
+ public:
+  Transaction(Database& db, std::string operation) : db_(db), operation_(std::move(operation)) {
+    db_.exec("BEGIN IMMEDIATE", operation_ + " (begin)");
+  }
+  ~Transaction() {
+    if (!done_) sqlite3_exec(db_.handle(), "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+  void commit() {
+    db_.exec("COMMIT", operation_ + " (commit)");
+    done_ = true;
+  }
+
+ private:
+  Database& db_;
+  std::string operation_;
+  bool done_ = false;
+};
+
+// Creates `path` empty with mode 0600 when it does not exist: the ledger holds record ids in clear
+// until completion, and SQLite gives its -wal and -shm files the database file's mode.
+void create_private_file(const std::filesystem::path& path) {
+  const auto parent = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+  if (!std::filesystem::is_directory(parent))
+    throw LedgerError("ledger " + path.string() + ": the directory " + parent.string() +
+                      " does not exist; create the job directory first");
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    if (errno == EEXIST) return;
+    throw LedgerError("ledger " + path.string() + ": cannot create: " + std::strerror(errno) +
+                      "; check the permissions of " + parent.string());
+  }
+  ::close(fd);
+  fsync_directory(parent);
+}
+
+// SQLite reads a file shorter than one page as an empty database (and would then write over
+// it): anything non-empty must start with SQLite's header to be opened at all.
+void check_sqlite_header(const std::filesystem::path& path) {
+  static constexpr std::string_view kHeader("SQLite format 3\0", 16);
+  std::error_code error;
+  const auto size = std::filesystem::file_size(path, error);
+  if (error || size == 0) return;  // not a regular file: sqlite3_open_v2 reports it
+  std::string head(kHeader.size(), '\0');
+  std::ifstream in(path, std::ios::binary);
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  if (in.gcount() != static_cast<std::streamsize>(head.size()) || head != kHeader)
+    throw LedgerError("ledger " + path.string() + ": the file is not a SQLite database (no SQLite header), so not a "
+                      "Lethe deletion ledger: move it aside or pass the job's ledger.sqlite (a new ledger is created "
+                      "where no file exists)");
+}
+
+std::optional<std::string> meta_value(Database& db, const char* key) {
+  Statement select(db, "SELECT value FROM meta WHERE key = ?", std::string("reading meta '") + key + "'");
+  select.bind(1, std::string_view(key));
+  if (!select.step()) return std::nullopt;
+  return select.text(0);
+}
+
+std::string pragma_text(const Database& db, const char* pragma) {
+  Statement query(db, (std::string("PRAGMA ") + pragma).c_str(), std::string("reading PRAGMA ") + pragma);
+  if (!query.step()) return {};
+  return query.text(0);
+}
+
+void set_pragma(Database& db, const std::string& pragma, std::string_view expected) {
+  // PRAGMA journal_mode answers with the mode in effect; the others are read back to check.
+  Statement set(db, ("PRAGMA " + pragma).c_str(), "setting PRAGMA " + pragma);
+  std::string answer;
+  if (set.step()) answer = set.text(0);
+  if (expected.empty()) return;
+  if (answer.empty()) {
+    const auto name = pragma.substr(0, pragma.find('='));
+    answer = pragma_text(db, name.c_str());
+  }
+  if (answer != expected)
+    throw LedgerError("ledger " + db.path().string() + ": PRAGMA " + pragma + " left '" + answer + "' instead of '" +
+                      std::string(expected) + "'; put the job directory on a local file system (WAL needs shared "
+                      "memory and POSIX locks)");
+}
+
+}  // namespace
+
+// ---- Ledger ----
+
+Ledger::Ledger(const std::filesystem::path& path) : path_(path) {
+  create_private_file(path_);
+  check_sqlite_header(path_);
+  db_ = std::make_unique<Database>(path_);
+  auto& db = *db_;
+  if (const int rc = sqlite3_busy_timeout(db.handle(), kBusyTimeoutMs); rc != SQLITE_OK)
+    throw db.error("setting the busy timeout", rc);
+
+  // Identify the file before changing anything in it (journal mode included).
+  std::set<std::string> tables;
+  {
+    Statement list(db, "SELECT name FROM sqlite_master WHERE type = 'table'", "reading the schema");
+    while (list.step()) tables.insert(list.text(0));
+  }
+  const bool fresh = tables.empty();
+  if (!fresh) {
+    const auto not_ledger = [&](const std::string& why) {
+      return LedgerError("ledger " + path_.string() + ": this SQLite database is not a Lethe deletion ledger (" + why +
+                         "); move it aside or pass the job's ledger.sqlite (a new ledger is created where no file "
+                         "exists)");
+    };
+    if (tables.count("meta") == 0) throw not_ledger("it has no meta table");
+    const auto format = meta_value(db, "format");
+    if (format != kFormat) throw not_ledger("its meta table has no format '" + std::string(kFormat) + "'");
+    const auto version_text = meta_value(db, "schema_version").value_or("");
+    int version = 0;
+    try {
+      version = std::stoi(version_text);
+    } catch (const std::exception&) {
+      throw not_ledger("its schema_version '" + version_text + "' is not a number");
+    }
+    if (version > kSchemaVersion)
+      throw LedgerError("ledger " + path_.string() + ": written by a newer Lethe (ledger schema version " +
+                        std::to_string(version) + "; this build reads up to " + std::to_string(kSchemaVersion) +
+                        "); run a Lethe at least as new as the one that wrote it");
+    if (version < 1) throw not_ledger("schema_version " + std::to_string(version));
+  }
+
+  set_pragma(db, "journal_mode=WAL", "wal");
+  set_pragma(db, "synchronous=FULL", "2");
+  set_pragma(db, "secure_delete=ON", "1");
+  set_pragma(db, "foreign_keys=ON", "1");
+  set_pragma(db, "temp_store=MEMORY", "2");  // no temporary files holding copies of rows
+
+  if (fresh) {
+    Transaction transaction(db, "creating the ledger schema");
+    db.exec(kSchema, "creating the ledger schema");
+    Statement insert(db, "INSERT INTO meta (key, value) VALUES (?, ?)", "writing the ledger meta table");
+    insert.bind(1, std::string_view("format")).bind(2, kFormat).run();
+    insert.reset();
+    insert.bind(1, std::string_view("schema_version")).bind(2, std::string_view(std::to_string(kSchemaVersion))).run();
+    insert.reset();
+    insert.bind(1, std::string_view("salt")).bind_blob(2, random_bytes(kSaltBytes, path_)).run();
+    insert.reset();
+    insert.bind(1, std::string_view("created_ms")).bind(2, std::string_view(std::to_string(now_ms()))).run();
+    transaction.commit();
+  }
+  auto salt = meta_value(db, "salt");
+  if (!salt || salt->size() != kSaltBytes)
+    throw LedgerError("ledger " + path_.string() + ": its salt is missing or not " + std::to_string(kSaltBytes) +
+                      " bytes; the file is damaged: restore it from a backup");
+  salt_ = std::move(*salt);
+}
+
+Ledger::~Ledger() = default;
+
+std::string Ledger::hash_id(std::string_view id) const {
+  std::string input = salt_;
+  input.append(id);
+  return sha256_hex(std::as_bytes(std::span<const char>(input.data(), input.size())));
+}
+
+namespace {
+
+// Salted hashes of what a request asked for and of its idempotency key, in their own domains so
+// that they never equal hash_id() of a record.
+// The record ids count as a set: a retry listing them in another order is the same request.
+std::string payload_hash(const Ledger& ledger, const std::vector<std::string>& record_ids,
+                         const std::optional<std::string>& subject) {
+  const std::set<std::string> records(record_ids.begin(), record_ids.end());
+  nlohmann::json payload = {{"records", records}, {"subject", subject ? nlohmann::json(*subject) : nlohmann::json(nullptr)}};
+  return ledger.hash_id("payload\x1f" + payload.dump());
+}
+
+std::string key_hash(const Ledger& ledger, const std::string& key) { return ledger.hash_id("idempotency-key\x1f" + key); }
+
+}  // namespace
+
+SubmitResult Ledger::submit(const std::vector<std::string>& record_ids, const std::optional<std::string>& subject,
+                            const std::optional<std::string>& idempotency_key) {
+  if (record_ids.empty() == !subject.has_value())
+    throw LedgerError("ledger " + path_.string() + ": a deletion request names record ids or a subject, exactly one of them (got " +
+                      (subject ? "both" : "neither") + ")");
+  if (subject && subject->empty()) throw LedgerError("ledger " + path_.string() + ": the subject of a deletion request is empty");
+  if (idempotency_key && idempotency_key->empty())
+    throw LedgerError("ledger " + path_.string() + ": the idempotency key of a deletion request is empty");
+  for (const auto& id : record_ids) {
+    if (id.empty()) throw LedgerError("ledger " + path_.string() + ": a deletion request holds an empty record id");
+  }
+
+  const std::lock_guard lock(mutex_);
+  auto& db = *db_;
+  const std::string payload = payload_hash(*this, record_ids, subject);
+  const std::optional<std::string> key = idempotency_key ? std::optional(key_hash(*this, *idempotency_key)) : std::nullopt;
+
+  Transaction transaction(db, "submitting a deletion request");
+  if (key) {
+    Statement earlier(db, "SELECT seq, id, payload_hash FROM requests WHERE idempotency_key_hash = ?",
+                      "looking up an idempotency key");
+    earlier.bind(1, std::string_view(*key));
+    if (earlier.step()) {
+      const auto seq = earlier.int64(0);
+      if (earlier.text(2) != payload)
+        throw LedgerError("ledger " + path_.string() + ": the idempotency key was already used for request " +
+                          earlier.text(1) + ", which named other records or another subject; use a new key for a new request");
+      return {load_locked(seq), false};
+    }
+  }
+
+  std::string id;
+  for (int attempt = 0;; ++attempt) {
+    id = "del-" + to_hex(random_bytes(8, path_));
+    if (!seq_of_locked(id)) break;
+    if (attempt == 8) throw LedgerError("ledger " + path_.string() + ": cannot draw an unused request id; check the random source");
+  }
+
+  const std::string operation = "recording request " + id;
+  Statement insert(db,
+                   "INSERT INTO requests (id, idempotency_key, idempotency_key_hash, subject, subject_hash, payload_hash, "
+                   "status, submitted_ms) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+                   operation);
+  insert.bind(1, std::string_view(id))
+      .bind_optional(2, idempotency_key)
+      .bind_optional(3, key)
+      .bind_optional(4, subject)
+      .bind_optional(5, subject ? std::optional(hash_id(*subject)) : std::nullopt)
+      .bind(6, std::string_view(payload))
+      .bind(7, now_ms())
+      .run();
+  const std::int64_t seq = sqlite3_last_insert_rowid(db.handle());
+  Statement record(db, "INSERT INTO request_records (request_seq, position, record_id, record_hash) VALUES (?, ?, ?, ?)",
+                   operation + " (its record ids)");
+  for (std::size_t i = 0; i < record_ids.size(); ++i) {
+    record.bind(1, seq).bind(2, static_cast<std::int64_t>(i)).bind(3, std::string_view(record_ids[i]));
+    record.bind(4, std::string_view(hash_id(record_ids[i]))).run();
+    record.reset();
+  }
+  transaction.commit();  // synchronous=FULL: the WAL is fsynced before COMMIT returns
+  return {load_locked(seq), true};
+}
+
+std::optional<std::int64_t> Ledger::seq_of_locked(std::string_view id) const {
+  Statement select(*db_, "SELECT seq FROM requests WHERE id = ?", "looking up request " + std::string(id));
+  select.bind(1, id);
+  if (!select.step()) return std::nullopt;
+  return select.int64(0);
+}
+
+LedgerRequest Ledger::load_locked(std::int64_t seq) const {
+  auto& db = *db_;
+  Statement row(db,
+                "SELECT id, idempotency_key, subject, subject_hash, status, submitted_ms, applied_ms, completed_ms, "
+                "receipt, error FROM requests WHERE seq = ?",
+                "reading request #" + std::to_string(seq));
+  row.bind(1, seq);
+  if (!row.step()) throw LedgerError("ledger " + path_.string() + ": request #" + std::to_string(seq) + " vanished");
+  LedgerRequest request;
+  request.id = row.text(0);
+  request.idempotency_key = row.optional_text(1);
+  request.subject = row.optional_text(2);
+  request.subject_hash = row.optional_text(3);
+  const auto status_text = row.text(4);
+  const auto status = status_from(status_text);
+  if (!status)
+    throw LedgerError("ledger " + path_.string() + ": request " + request.id + " has unknown status '" + status_text +
+                      "'; the file is damaged or from another program");
+  request.status = *status;
+  request.submitted_ms = row.int64(5);
+  request.applied_ms = row.int64(6);
+  request.completed_ms = row.int64(7);
+  if (!row.is_null(8)) {
+    try {
+      request.receipt = nlohmann::json::parse(row.text(8));
+    } catch (const nlohmann::json::exception& e) {
+      throw LedgerError("ledger " + path_.string() + ": the receipt of request " + request.id +
+                        " is not valid JSON (" + e.what() + "); the file is damaged: restore it from a backup");
+    }
+  }
+  request.error = row.text(9);
+
+  Statement records(db, "SELECT record_id, record_hash FROM request_records WHERE request_seq = ? ORDER BY position",
+                    "reading the records of request " + request.id);
+  records.bind(1, seq);
+  while (records.step()) {
+    if (!records.is_null(0)) request.record_ids.push_back(records.text(0));
+    request.record_hashes.push_back(records.text(1));
+  }
+  return request;
+}
+
+std::optional<LedgerRequest> Ledger::get(std::string_view id) const {
+  const std::lock_guard lock(mutex_);
+  const auto seq = seq_of_locked(id);
+  if (!seq) return std::nullopt;
+  return load_locked(*seq);
+}
+
+std::vector<LedgerRequest> Ledger::unfinished() const {
+  const std::lock_guard lock(mutex_);
+  std::vector<std::int64_t> seqs;
+  {
+    Statement select(*db_, "SELECT seq FROM requests WHERE status IN ('queued', 'applied') ORDER BY seq",
+                     "listing unfinished requests");
+    while (select.step()) seqs.push_back(select.int64(0));
+  }
+  std::vector<LedgerRequest> requests;
+  requests.reserve(seqs.size());
+  for (const auto seq : seqs) requests.push_back(load_locked(seq));
+  return requests;
+}
+
+namespace {
+
+// Checks a receipt before it is stored: its kind, and that it names none of the request's clear values.
+void check_receipt(const std::filesystem::path& path, const LedgerRequest& request, const nlohmann::json& receipt,
+                   bool null_allowed) {
+  if (!receipt.is_object() && !(null_allowed && receipt.is_null()))
+    throw LedgerError("ledger " + path.string() + ": the receipt for request " + request.id + " must be a JSON object" +
+                      (null_allowed ? " or null" : "") + ", not " + receipt.type_name());
+  std::set<std::string> clear(request.record_ids.begin(), request.record_ids.end());
+  if (request.subject) clear.insert(*request.subject);
+  if (const auto where = find_clear_value(receipt, clear, ""))
+    throw LedgerError("ledger " + path.string() + ": the receipt for request " + request.id +
+                      " holds one of its record ids or its subject in clear at " + *where +
+                      "; receipts keep them as salted hashes: store hash_id(value) there");
+}
+
+}  // namespace
+
+void Ledger::mark_applied(std::string_view id, const nlohmann::json& receipt) {
+  const std::lock_guard lock(mutex_);
+  auto& db = *db_;
+  const std::string operation = "marking request " + std::string(id) + " applied";
+  Transaction transaction(db, operation);
+  const auto seq = seq_of_locked(id);
+  if (!seq) throw LedgerError("ledger " + path_.string() + ": " + operation + ": no such request");
+  const auto request = load_locked(*seq);
+  if (request.status != RequestStatus::kQueued)
+    throw LedgerError("ledger " + path_.string() + ": " + operation + ": it is " + std::string(to_string(request.status)) +
+                      ", and only a queued request can be marked applied");
+  check_receipt(path_, request, receipt, false);
+  Statement update(db, "UPDATE requests SET status = 'applied', applied_ms = ?, receipt = ? WHERE seq = ?", operation);
+  update.bind(1, now_ms()).bind(2, std::string_view(receipt.dump())).bind(3, *seq).run();
+  transaction.commit();
+}
+
+void Ledger::complete(std::string_view id, const nlohmann::json& receipt) {
+  finish(id, RequestStatus::kCompleted, "", receipt);
+}
+
+void Ledger::fail(std::string_view id, const std::string& reason, const nlohmann::json& receipt) {
+  if (reason.empty())
+    throw LedgerError("ledger " + path_.string() + ": failing request " + std::string(id) + " needs a reason");
+  finish(id, RequestStatus::kFailed, reason, receipt);
+}
+
+void Ledger::finish(std::string_view id, RequestStatus status, const std::string& reason,
+                    const nlohmann::json& receipt) {
+  const std::lock_guard lock(mutex_);
+  auto& db = *db_;
+  const bool completing = status == RequestStatus::kCompleted;
+  const std::string operation = std::string(completing ? "completing" : "failing") + " request " + std::string(id);
+  Transaction transaction(db, operation);
+  const auto seq = seq_of_locked(id);
+  if (!seq) throw LedgerError("ledger " + path_.string() + ": " + operation + ": no such request");
+  const auto request = load_locked(*seq);
+  if (request.status == status)
+    throw LedgerError("ledger " + path_.string() + ": " + operation + ": it is already " +
+                      std::string(to_string(status)) + "; " + (completing ? "completing" : "failing") +
+                      " a request twice is refused");
+  if (request.status != RequestStatus::kQueued && request.status != RequestStatus::kApplied)
+    throw LedgerError("ledger " + path_.string() + ": " + operation + ": it is already " +
+                      std::string(to_string(request.status)) + ", a final status");
+  check_receipt(path_, request, receipt, !completing);
+
+  // secure_delete=ON zeroes the bytes these NULLs replace; scrub() then clears the WAL's old copies.
+  Statement update(db,
+                   "UPDATE requests SET status = ?, completed_ms = ?, receipt = ?, error = ?, subject = NULL, "
+                   "idempotency_key = NULL WHERE seq = ?",
+                   operation);
+  update.bind(1, to_string(status)).bind(2, now_ms());
+  update.bind_optional(3, receipt.is_null() ? std::nullopt : std::optional(receipt.dump()));
+  update.bind(4, std::string_view(reason)).bind(5, *seq).run();
+  Statement forget(db, "UPDATE request_records SET record_id = NULL WHERE request_seq = ?", operation + " (its record ids)");
+  forget.bind(1, *seq).run();
+  transaction.commit();
+}
+
+std::map<RequestStatus, std::int64_t> Ledger::counts() const {
+  const std::lock_guard lock(mutex_);
+  std::map<RequestStatus, std::int64_t> counts = {{RequestStatus::kQueued, 0},
+                                                  {RequestStatus::kApplied, 0},
+                                                  {RequestStatus::kCompleted, 0},
+                                                  {RequestStatus::kFailed, 0}};
+  Statement select(*db_, "SELECT status, COUNT(*) FROM requests GROUP BY status", "counting requests");
+  while (select.step()) {
+    const auto status = status_from(select.text(0));
+    if (!status)
+      throw LedgerError("ledger " + path_.string() + ": unknown status '" + select.text(0) +
+                        "'; the file is damaged or from another program");
+    counts[*status] = select.int64(1);
+  }
+  return counts;
+}
+
+void Ledger::scrub() {
+  const std::lock_guard lock(mutex_);
+  Statement checkpoint(*db_, "PRAGMA wal_checkpoint(TRUNCATE)", "checkpointing the WAL (scrub)");
+  if (!checkpoint.step() || checkpoint.int64(0) != 0)
+    throw LedgerError("ledger " + path_.string() +
+                      ": the WAL checkpoint could not complete because another connection is using the ledger, so "
+                      "old copies of finished requests may remain in " + path_.string() +
+                      "-wal; stop the other reader and call scrub again");
+}
+
+LedgerSettings Ledger::settings() const {
+  const std::lock_guard lock(mutex_);
+  const auto& db = *db_;
+  const auto number = [&](const char* pragma) {
+    try {
+      return std::stoi(pragma_text(db, pragma));
+    } catch (const std::exception&) {
+      throw LedgerError("ledger " + path_.string() + ": PRAGMA " + pragma + " did not answer a number");
+    }
+  };
+  LedgerSettings settings;
+  settings.journal_mode = pragma_text(db, "journal_mode");
+  settings.synchronous = number("synchronous");
+  settings.secure_delete = number("secure_delete") == 1;
+  settings.foreign_keys = number("foreign_keys") == 1;
+  settings.busy_timeout_ms = number("busy_timeout");
+  settings.schema_version = std::stoi(meta_value(*db_, "schema_version").value_or("0"));
+  return settings;
+}
+
+}  // namespace lethe::storage

@@ -1,0 +1,126 @@
+// storage/ledger.h — the deletion ledger (DESIGN.md §6): every deletion request and its receipt
+// in SQLite (WAL, synchronous=FULL, secure_delete), durable before it is acknowledged. See docs/LEDGER.md.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "storage/error.h"
+
+namespace lethe::storage {
+
+// Every ledger failure; the message names the operation and the ledger file, and says what to do.
+class LedgerError : public StorageError {
+ public:
+  using StorageError::StorageError;
+};
+
+// queued -> applied -> completed, or queued/applied -> failed. Completed and failed are final.
+enum class RequestStatus { kQueued, kApplied, kCompleted, kFailed };
+[[nodiscard]] std::string_view to_string(RequestStatus status);
+
+struct LedgerRequest {
+  std::string id;                                // "del-" + 16 random hex characters
+  std::optional<std::string> idempotency_key;    // in clear while queued/applied; unset once finished
+  std::vector<std::string> record_ids;           // in clear while queued/applied; EMPTY once finished
+  std::optional<std::string> subject;            // in clear while queued/applied; unset once finished
+  std::vector<std::string> record_hashes;        // hash_id() of each record id, always kept
+  std::optional<std::string> subject_hash;       // hash_id(subject) when the request named a subject
+  RequestStatus status = RequestStatus::kQueued;
+  std::int64_t submitted_ms = 0, applied_ms = 0, completed_ms = 0;  // unix ms; 0 = not yet
+  nlohmann::json receipt;                        // the coordinator's receipt (an object); null until applied
+  std::string error;                             // the reason, when failed
+};
+
+struct SubmitResult {
+  LedgerRequest request;
+  bool created = false;  // false: an earlier request with the same idempotency key
+};
+
+// Effective connection settings, read back from SQLite (for tests and diagnostics).
+struct LedgerSettings {
+  std::string journal_mode;  // "wal"
+  int synchronous = 0;       // 2 = FULL
+  bool secure_delete = false;
+  bool foreign_keys = false;
+  int busy_timeout_ms = 0;
+  int schema_version = 0;
+};
+
+// One ledger file. Thread-safe: one SQLite connection guarded by a mutex, so HTTP threads may
+// submit() while the coordinator's worker thread drives the rest. One process should write a
+// ledger at a time (the job's JobLock ensures it); SQLite's own locking keeps others consistent.
+class Ledger {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  // Opens the ledger at `path`, creating it (mode 0600) when the file does not exist or is empty.
+  // LedgerError when the file is not a SQLite database, is a database but not a Lethe ledger,
+  // or was written by a newer Lethe (schema version above kSchemaVersion).
+  explicit Ledger(const std::filesystem::path& path);
+  ~Ledger();
+  Ledger(const Ledger&) = delete;
+  Ledger& operator=(const Ledger&) = delete;
+
+  // Records a new queued request; durable when it returns (one transaction committed with
+  // synchronous=FULL), so the caller may acknowledge it. Exactly one of non-empty `record_ids`
+  // and `subject` (request.h validates the strings). With an `idempotency_key` used before,
+  // returns that request with created=false — or throws LedgerError when the earlier request
+  // asked for other records (compared as a set) or another subject.
+  SubmitResult submit(const std::vector<std::string>& record_ids, const std::optional<std::string>& subject,
+                      const std::optional<std::string>& idempotency_key);
+
+  [[nodiscard]] std::optional<LedgerRequest> get(std::string_view id) const;
+  // Queued and applied requests in submission order: what a restarted coordinator replays.
+  [[nodiscard]] std::vector<LedgerRequest> unfinished() const;
+
+  // Transitions. Each is one transaction; an unknown id or an illegal transition throws
+  // LedgerError saying so. Receipts must be JSON objects (fail() also accepts null) and must not
+  // hold any of the request's record ids or its subject in clear (use hash_id()): the ledger
+  // refuses such a receipt, naming the JSON path of the offending value.
+  void mark_applied(std::string_view id, const nlohmann::json& receipt);  // queued -> applied
+  // queued/applied -> completed: stores the receipt and removes the clear record ids, subject and
+  // idempotency key (their salted hashes stay). Completing twice is refused.
+  void complete(std::string_view id, const nlohmann::json& receipt);
+  // queued/applied -> failed, with `reason` (non-empty); removes the clear values like complete().
+  void fail(std::string_view id, const std::string& reason, const nlohmann::json& receipt);
+
+  // Number of requests in each status (every status present, zero included), for /metrics.
+  [[nodiscard]] std::map<RequestStatus, std::int64_t> counts() const;
+
+  // Lowercase hex SHA-256 of (this ledger's 32-byte random salt || id). Stable for the life of
+  // the ledger file; different between ledgers.
+  [[nodiscard]] std::string hash_id(std::string_view id) const;
+
+  // Makes sure no clear value of a finished request survives in the database files: secure_delete
+  // zeroed the replaced values in their pages; a WAL checkpoint(TRUNCATE) copies those pages into
+  // the database file and empties the -wal file, which still held the old page images. Throws
+  // LedgerError when the checkpoint cannot complete (another connection is reading).
+  void scrub();
+
+  [[nodiscard]] LedgerSettings settings() const;
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+
+  class Database;  // the RAII owner of the sqlite3 connection (ledger.cpp)
+
+ private:
+  [[nodiscard]] LedgerRequest load_locked(std::int64_t seq) const;
+  [[nodiscard]] std::optional<std::int64_t> seq_of_locked(std::string_view id) const;
+  void finish(std::string_view id, RequestStatus status, const std::string& reason, const nlohmann::json& receipt);
+
+  std::filesystem::path path_;
+  std::unique_ptr<Database> db_;
+  std::string salt_;  // raw bytes
+  mutable std::mutex mutex_;
+};
+
+}  // namespace lethe::storage

@@ -1,5 +1,5 @@
-// `lethe eval`: the S3T ensemble's accuracy on a dataset, with each shard's served sequence and
-// depth, as JSON on stdout.
+// `lethe eval`: the accuracy of a job's models on a dataset, as JSON on stdout: the S3T ensemble
+// (each shard's served sequence and depth) and the noisy-GD model (the version the manifest names).
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -17,8 +17,10 @@ struct EvalArgs {
 
 void install(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
-  CLI::App* cmd = app.add_subcommand("eval", "Accuracy of a trained S3T job's ensemble (served prefixes, live shards)");
-  cmd->footer("Example:\n  lethe eval --job runs/fashion --data data/fashion-test.h5");
+  CLI::App* cmd = app.add_subcommand("eval", "Accuracy of a trained job's models: S3T ensemble (served prefixes, live shards), noisy GD");
+  cmd->footer(
+      "Example:\n  lethe eval --job runs/fashion --data data/fashion-test.h5\n"
+      "\"accuracy\" is the S3T ensemble's when the job has S3T, else the noisy-GD model's; \"models\" lists each.");
   cmd->add_option("--job", args->job, "Job directory written by `lethe train`")->required();
   cmd->add_option("--data", args->data, "Dataset to evaluate on (default: the config's test_dataset)");
   cmd->callback([args] {

@@ -8,6 +8,8 @@
 #include <sstream>
 
 #include "storage/record_assignment.h"
+#include "trainer/accountant.h"
+#include "trainer/noisy_gd_job.h"
 
 namespace lethe::launch {
 
@@ -101,6 +103,38 @@ void read_optimizer_keys(Section& section, Settings& settings) {
     section.fail(section.key("learning_rate"), "must be a positive number");
 }
 
+// The noisy_gd section, checked against the accountant's assumptions (trainer/accountant.h) so a
+// config that could not certify a deletion fails here, naming its key, not in the middle of a run.
+void read_noisy_gd(Section& section, NoisyGdSettings& settings) {
+  section.read("enabled", settings.enabled, "true or false");
+  section.read("lambda", settings.lambda, "a number");
+  const bool eta_given = section.read("eta", settings.eta, "a number");
+  section.read("sigma", settings.sigma, "a number");
+  section.read("clip", settings.clip, "a number");
+  section.read("steps", settings.train_steps, "an integer");
+  section.read("target_epsilon", settings.target_epsilon, "a number");
+  double delta = 0;
+  if (section.read("delta", delta, "a number")) settings.delta = delta;
+  section.reject_unknown_keys();
+  trainer::NoisyGdParams params{settings.lambda, settings.eta, settings.sigma, settings.clip};
+  // The largest step the analysis allows converges fastest; only computable once lambda is known.
+  if (!eta_given && std::isfinite(params.lambda) && params.lambda > 0) settings.eta = params.eta = 1.0 / (params.beta + params.lambda);
+  try {
+    trainer::validate(params);
+  } catch (const trainer::AccountantError& e) {
+    // "accountant: eta = 3 must satisfy ...": the parameter's name is the key.
+    std::string what = e.what();
+    const std::string prefix = "accountant: ";
+    if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
+    section.fail(section.key(what.substr(0, what.find(' '))), what);
+  }
+  if (settings.train_steps < 1) section.fail(section.key("steps"), "must be at least 1");
+  if (!(settings.target_epsilon > 0) || !std::isfinite(settings.target_epsilon))
+    section.fail(section.key("target_epsilon"), "must be a positive number (the epsilon each deletion certifies)");
+  if (settings.delta && !(*settings.delta > 0 && *settings.delta < 1))
+    section.fail(section.key("delta"), "must lie strictly between 0 and 1 (leave it out for 1/n)");
+}
+
 }  // namespace
 
 JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::path& origin) {
@@ -128,6 +162,7 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
   if (c.threads < 1) top.fail("threads", "must be at least 1");
 
   auto s3t = top.child("s3t");
+  s3t.read("enabled", c.s3t.enabled, "true or false");
   s3t.read("shards", c.s3t.shards, "an integer");
   s3t.read("slices", c.s3t.slices, "an integer");
   s3t.read("sequences", c.s3t.sequences, "an integer");
@@ -175,8 +210,8 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
   model.read("lora_alpha", c.model.lora_alpha, "a number");
   model.read("num_classes", c.model.num_classes, "an integer");
   model.reject_unknown_keys();
-  c.model.sites = c.s3t.slices;
-  if (static_cast<int>(c.model.widths.size()) < c.s3t.slices) {
+  c.model.sites = c.s3t.enabled ? c.s3t.slices : 1;
+  if (c.s3t.enabled && static_cast<int>(c.model.widths.size()) < c.s3t.slices) {
     model.fail(model.key("widths"), "has " + std::to_string(c.model.widths.size()) + " blocks but s3t.slices = " +
                                         std::to_string(c.s3t.slices) + " needs one adapter site per slice; list at least " +
                                         std::to_string(c.s3t.slices) + " widths");
@@ -196,6 +231,12 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
   auto pretrain = top.child("pretrain");
   read_optimizer_keys(pretrain, c.pretrain);
   pretrain.reject_unknown_keys();
+
+  c.noisy_gd.enabled = root["noisy_gd"].IsDefined();
+  auto noisy_gd = top.child("noisy_gd");
+  read_noisy_gd(noisy_gd, c.noisy_gd);
+  if (!c.s3t.enabled && !c.noisy_gd.enabled)
+    top.fail("s3t.enabled", "is false and there is no noisy_gd section: the job would train nothing; add noisy_gd: or enable s3t");
 
   top.reject_unknown_keys();
   return c;
@@ -230,7 +271,17 @@ nlohmann::json to_json(const JobConfig& c) {
             {"sequences", c.s3t.sequences},
             {"selection", std::string(trainer::to_string(c.s3t.selection))},
             {"deletion_probabilities", c.s3t.deletion_probabilities},
-            {"horizon", c.s3t.horizon}}}};
+            {"horizon", c.s3t.horizon},
+            {"enabled", c.s3t.enabled}}},
+          {"noisy_gd", c.noisy_gd.enabled ? nlohmann::json{{"lambda", c.noisy_gd.lambda},
+                                                           {"eta", c.noisy_gd.eta},
+                                                           {"sigma", c.noisy_gd.sigma},
+                                                           {"clip", c.noisy_gd.clip},
+                                                           {"steps", c.noisy_gd.train_steps},
+                                                           {"target_epsilon", c.noisy_gd.target_epsilon},
+                                                           {"delta", c.noisy_gd.delta ? nlohmann::json(*c.noisy_gd.delta)
+                                                                                      : nlohmann::json()}}
+                                          : nlohmann::json()}};
 }
 
 std::string config_digest(const JobConfig& config) {
@@ -271,6 +322,18 @@ trainer::S3TJobSpec to_job_spec(const JobConfig& c, const std::filesystem::path&
   spec.horizon = c.s3t.horizon;
   spec.config = to_json(c);
   spec.config_digest = config_digest(c);
+  return spec;
+}
+
+trainer::NoisyGdJobSpec to_noisy_gd_spec(const JobConfig& c) {
+  trainer::NoisyGdJobSpec spec;
+  spec.params.lambda = c.noisy_gd.lambda;
+  spec.params.eta = c.noisy_gd.eta;
+  spec.params.sigma = c.noisy_gd.sigma;
+  spec.params.clip = c.noisy_gd.clip;
+  spec.train_steps = c.noisy_gd.train_steps;
+  spec.target_epsilon = c.noisy_gd.target_epsilon;
+  spec.delta = c.noisy_gd.delta;
   return spec;
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -13,6 +14,10 @@
 #include "trainer/model_config.h"
 #include "trainer/s3t_job.h"
 #include "trainer/s3t_plan.h"
+
+namespace lethe::trainer {
+struct NoisyGdJobSpec;  // trainer/noisy_gd_job.h (a torch header): included where it is used
+}  // namespace lethe::trainer
 
 namespace lethe::launch {
 
@@ -36,12 +41,26 @@ struct PretrainConfig {
 };
 
 struct S3TConfig {
+  bool enabled = true;  // `s3t: {enabled: false}`: a job with the noisy-GD model only
   int shards = 4;
   int slices = 4;     // L; the model gets L adapter sites
   int sequences = 4;  // B per shard
   trainer::SequenceSelection selection = trainer::SequenceSelection::kCyclic;
   std::vector<double> deletion_probabilities;  // per slice, BMS only
   int horizon = 1;                             // BMS: deletions t in E[depth]
+};
+
+// The `noisy_gd:` section (DESIGN.md §4): softmax regression on the backbone's normalized features,
+// trained by noisy GD, whose deletions are certified. Defaults: measured in docs/BENCHMARKS.md.
+struct NoisyGdSettings {
+  bool enabled = false;  // true when the config has the section, unless it says enabled: false
+  double lambda = 0.01;  // L2 regularization (strong convexity)
+  double eta = 0;        // step size; 0 in the struct until parsed: default 1/(beta + lambda)
+  double sigma = 0.02;   // noise: each step adds sqrt(2 eta sigma^2) N(0, I)
+  double clip = 1.4142135623730951;  // per-example gradient clip M; below sqrt(2): uncertified
+  std::int64_t train_steps = 200;    // steps of training from scratch (`steps:`)
+  double target_epsilon = 1.0;       // what each deletion certifies
+  std::optional<double> delta;       // default 1/n
 };
 
 struct JobConfig {
@@ -53,10 +72,11 @@ struct JobConfig {
   std::uint64_t seed = 0;
   std::string device = "cpu";  // "cpu" or "cuda"
   int threads = 1;             // torch intra-op threads per rank: fixed so results do not vary
-  trainer::ModelConfig model;  // model.sites is set to s3t.slices
+  trainer::ModelConfig model;  // model.sites is set to s3t.slices (1 without S3T: no adapters)
   TrainingConfig training;
   PretrainConfig pretrain;
   S3TConfig s3t;
+  NoisyGdSettings noisy_gd;
 };
 
 // Parses YAML text; `origin` names it in errors and its folder anchors relative paths.
@@ -72,5 +92,7 @@ struct JobConfig {
 // The trainer's view of a job; `job_dir` (when not empty) overrides the config's job_dir.
 // ConfigError naming job_dir when neither gives one.
 [[nodiscard]] trainer::S3TJobSpec to_job_spec(const JobConfig& config, const std::filesystem::path& job_dir = {});
+// The trainer's view of the noisy_gd section (trainer/noisy_gd_job.h); meaningful when it is enabled.
+[[nodiscard]] trainer::NoisyGdJobSpec to_noisy_gd_spec(const JobConfig& config);
 
 }  // namespace lethe::launch

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -24,6 +25,40 @@ std::uint64_t splitmix64(std::uint64_t x) {
 
 // Uniform in (0, 1]: never 0, so log() in Box-Muller is finite.
 double unit_interval(std::uint64_t bits) { return static_cast<double>((bits >> 11) + 1) * 0x1.0p-53; }
+
+// Exact fixed-point gradient sums: 128-bit integers, features and residuals on a grid of 2^-bits.
+__extension__ using Int128 = __int128;
+
+// Normalized features lie in [-1, 1]; this leaves room for the last bit of a division's rounding.
+constexpr double kFeatureBound = 1.0 + 1e-12;
+
+// Bits after the binary point of features and residuals (both in [-1, 1]): n products of two
+// such numbers sum to less than n 2^(2 bits) <= 2^125, inside a signed 128-bit integer. 52 bits
+// (the precision of a double in [0.5, 1)) up to n = 2^21; fewer for larger n.
+int fixed_point_bits(std::int64_t n) {
+  int log2_n = 0;
+  while (log2_n < 62 && (std::int64_t{1} << log2_n) < n) ++log2_n;
+  return std::min(52, (125 - log2_n) / 2);
+}
+
+// Sums `values` over all ranks exactly: each value is cut into three 42-bit limbs (the top one
+// signed), each limb summed as int64 (no overflow below 2^21 ranks), and the limbs recombined.
+void allreduce_exact(comm::Communicator& comm, std::vector<Int128>& values) {
+  if (comm.size() == 1) return;
+  constexpr int kLimbBits = 42;
+  constexpr Int128 kLimbMask = (Int128{1} << kLimbBits) - 1;
+  const std::size_t count = values.size();
+  std::vector<std::int64_t> limbs(3 * count);
+  for (std::size_t k = 0; k < count; ++k) {
+    limbs[k] = static_cast<std::int64_t>(values[k] & kLimbMask);
+    limbs[count + k] = static_cast<std::int64_t>((values[k] >> kLimbBits) & kLimbMask);
+    limbs[2 * count + k] = static_cast<std::int64_t>(values[k] >> (2 * kLimbBits));  // arithmetic shift
+  }
+  comm.allreduce({limbs.data(), limbs.size(), comm::DataType::kInt64, comm::MemoryKind::kHost}, comm::ReduceOp::kSum);
+  for (std::size_t k = 0; k < count; ++k)
+    values[k] = Int128{limbs[k]} + Int128{limbs[count + k]} * (Int128{1} << kLimbBits) +
+                Int128{limbs[2 * count + k]} * (Int128{1} << (2 * kLimbBits));
+}
 
 nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
 
@@ -143,17 +178,69 @@ at::Tensor NoisyGdModel::full_gradient(const LocalData& data) {
 }
 
 at::Tensor NoisyGdModel::gradient(const LocalData& data, std::int64_t n) {
-  const at::Tensor& x = data.features;
-  const at::Tensor probabilities = torch::softmax(x.mm(weights_), 1);
-  // d loss / d logits = p - e_y; the example's gradient x (p - e_y)^T has norm ||x|| ||p - e_y||.
-  at::Tensor residual = probabilities - torch::one_hot(data.labels, config_.num_classes).to(torch::kFloat64);
-  const at::Tensor norms = x.norm(2, {1}) * residual.norm(2, {1});
-  const at::Tensor scale = torch::clamp_max(config_.params.clip / norms, 1.0);  // norm 0 -> inf -> 1
-  at::Tensor sum = x.t().mm(residual * scale.unsqueeze(1)).contiguous();
-  comm_->allreduce({sum.data_ptr<double>(), static_cast<std::size_t>(sum.numel()), comm::DataType::kFloat64,
-                    comm::MemoryKind::kHost},
-                   comm::ReduceOp::kSum);
-  return sum / static_cast<double>(n) + config_.params.lambda * weights_;
+  // Per example: logits, softmax, residual p - e_y, clip scale; then x (p - e_y)^T added to the
+  // sum in fixed point. Integer sums are exact, so every split of the records over ranks and
+  // every summation order gives the same bits: a model is identical on 1 or N ranks.
+  const std::int64_t rows = data.features.size(0);
+  const std::int64_t d = config_.num_features;
+  const std::int64_t classes = config_.num_classes;
+  const at::Tensor x_tensor = data.features.contiguous();
+  const at::Tensor y_tensor = data.labels.contiguous();
+  const at::Tensor w_tensor = weights_.contiguous();
+  const double* x = x_tensor.data_ptr<double>();
+  const std::int64_t* y = y_tensor.data_ptr<std::int64_t>();
+  const double* w = w_tensor.data_ptr<double>();
+  const int bits = fixed_point_bits(n);
+  const double unit = std::ldexp(1.0, bits);
+  std::vector<Int128> sum(static_cast<std::size_t>(d * classes), 0);
+  std::vector<double> logits(static_cast<std::size_t>(classes));
+  std::vector<std::int64_t> x_fixed(static_cast<std::size_t>(d));
+  std::vector<std::int64_t> r_fixed(static_cast<std::size_t>(classes));
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const double* xi = x + i * d;
+    std::fill(logits.begin(), logits.end(), 0.0);
+    double x_norm2 = 0.0;
+    for (std::int64_t j = 0; j < d; ++j) {
+      const double v = xi[j];
+      if (!(std::abs(v) <= kFeatureBound))
+        throw NoisyGdError("noisy GD gradient on rank " + std::to_string(comm_->rank()) + ": feature " +
+                           std::to_string(j) + " of local row " + std::to_string(i) + " is " + std::to_string(v) +
+                           "; features must come from normalize_features() (norm 1)");
+      x_fixed[static_cast<std::size_t>(j)] = static_cast<std::int64_t>(std::nearbyint(v * unit));
+      if (v == 0.0) continue;  // features after a ReLU are often 0
+      x_norm2 += v * v;
+      const double* __restrict wj = w + j * classes;
+      double* __restrict z = logits.data();
+      for (std::int64_t c = 0; c < classes; ++c) z[c] += v * wj[c];
+    }
+    const double top = *std::max_element(logits.begin(), logits.end());
+    double total = 0.0;
+    for (double& z : logits) total += (z = std::exp(z - top));
+    double r_norm2 = 0.0;
+    for (std::int64_t c = 0; c < classes; ++c) {
+      double& r = logits[static_cast<std::size_t>(c)];
+      r = r / total - (c == y[i] ? 1.0 : 0.0);  // d loss / d logits = p - e_y
+      r_norm2 += r * r;
+    }
+    // The example's gradient x (p - e_y)^T has norm ||x|| ||p - e_y||; clip it to M.
+    const double norm = std::sqrt(x_norm2) * std::sqrt(r_norm2);
+    const double scale = norm > config_.params.clip ? config_.params.clip / norm : 1.0;
+    for (std::int64_t c = 0; c < classes; ++c)
+      r_fixed[static_cast<std::size_t>(c)] =
+          static_cast<std::int64_t>(std::nearbyint(logits[static_cast<std::size_t>(c)] * scale * unit));
+    for (std::int64_t j = 0; j < d; ++j) {
+      const Int128 xj = x_fixed[static_cast<std::size_t>(j)];
+      if (xj == 0) continue;
+      Int128* out = sum.data() + j * classes;
+      for (std::int64_t c = 0; c < classes; ++c) out[c] += xj * r_fixed[static_cast<std::size_t>(c)];
+    }
+  }
+  allreduce_exact(*comm_, sum);
+  at::Tensor gradient = torch::empty({d, classes}, torch::kFloat64);
+  double* g = gradient.data_ptr<double>();
+  for (std::size_t k = 0; k < sum.size(); ++k)
+    g[k] = std::ldexp(static_cast<double>(sum[k]), -2 * bits) / static_cast<double>(n);
+  return gradient + config_.params.lambda * weights_;
 }
 
 void NoisyGdModel::run_steps(const LocalData& data, std::int64_t n, std::int64_t steps) {
@@ -252,7 +339,9 @@ double NoisyGdModel::accuracy(const LocalData& data) {
   return static_cast<double>(counts[0]) / static_cast<double>(counts[1]);
 }
 
-storage::CheckpointInfo NoisyGdModel::save(storage::CheckpointStore& store, const std::string& name) const {
+storage::CheckpointInfo NoisyGdModel::save(storage::CheckpointStore& store, const std::string& name,
+                                           const nlohmann::json& extra) const {
+  if (!extra.is_object()) throw NoisyGdError("noisy GD save: extra metadata must be a JSON object");
   const Accountant& acc = accountant();
   nlohmann::json history = nlohmann::json::array();
   for (const Phase& phase : acc.history()) history.push_back({phase.n, phase.steps, phase.deleted_since});
@@ -269,6 +358,10 @@ storage::CheckpointInfo NoisyGdModel::save(storage::CheckpointStore& store, cons
       {"accountant", {{"n", acc.current_n()}, {"delta", acc.delta()}, {"history", history}}},
       {"next_step", step_},
   };
+  for (const auto& [key, value] : extra.items()) {
+    if (metadata.contains(key)) throw NoisyGdError("noisy GD save: extra metadata may not replace '" + key + "'");
+    metadata[key] = value;
+  }
   const at::Tensor w = weights_.contiguous();
   std::vector<storage::TensorData> tensors{storage::TensorData::from_values<double>(
       "weights", {config_.num_features, config_.num_classes},
@@ -278,7 +371,16 @@ storage::CheckpointInfo NoisyGdModel::save(storage::CheckpointStore& store, cons
 
 NoisyGdModel NoisyGdModel::load(const storage::CheckpointStore& store, const std::string& name,
                                 comm::Communicator& comm) {
-  const storage::Checkpoint checkpoint = store.load_latest(name);
+  return from_checkpoint(store.load_latest(name), comm);
+}
+
+NoisyGdModel NoisyGdModel::load(const storage::CheckpointStore& store, const std::string& name, int version,
+                                comm::Communicator& comm) {
+  return from_checkpoint(store.load(name, version), comm);
+}
+
+NoisyGdModel NoisyGdModel::from_checkpoint(const storage::Checkpoint& checkpoint, comm::Communicator& comm) {
+  const std::string& name = checkpoint.info.name;
   const nlohmann::json& meta = checkpoint.info.metadata;
   const std::string where = "noisy GD load of checkpoint '" + name + "' version " +
                             std::to_string(checkpoint.info.version) + " (" + checkpoint.info.path.string() + "): ";

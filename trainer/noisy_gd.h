@@ -99,10 +99,15 @@ class NoisyGdModel {
   [[nodiscard]] std::int64_t steps_taken() const { return step_; }
 
   // Commits theta, the accountant history, the config and the step counter as a new version of
-  // series `name`. Call on one rank (every rank holds the same model).
-  storage::CheckpointInfo save(storage::CheckpointStore& store, const std::string& name) const;
+  // series `name`, with `extra` (a JSON object: what it was trained on) added to its metadata.
+  // Call on one rank (every rank holds the same model).
+  storage::CheckpointInfo save(storage::CheckpointStore& store, const std::string& name,
+                               const nlohmann::json& extra = nlohmann::json::object()) const;
   // The latest version of `name`; NoisyGdError if it is not a noisy-GD checkpoint.
   [[nodiscard]] static NoisyGdModel load(const storage::CheckpointStore& store, const std::string& name,
+                                         comm::Communicator& comm);
+  // Version `version` of `name` (e.g. the one a job manifest names), with the same checks.
+  [[nodiscard]] static NoisyGdModel load(const storage::CheckpointStore& store, const std::string& name, int version,
                                          comm::Communicator& comm);
 
  private:
@@ -111,6 +116,7 @@ class NoisyGdModel {
   // Clipped, all-reduced full gradient for a global count n already known.
   [[nodiscard]] at::Tensor gradient(const LocalData& data, std::int64_t n);
   [[nodiscard]] std::int64_t global_count(const LocalData& data);
+  [[nodiscard]] static NoisyGdModel from_checkpoint(const storage::Checkpoint& checkpoint, comm::Communicator& comm);
   void run_steps(const LocalData& data, std::int64_t n, std::int64_t steps);
 
   NoisyGdConfig config_;

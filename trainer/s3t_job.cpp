@@ -16,6 +16,7 @@
 #include "trainer/activation_cache.h"
 #include "trainer/ensemble.h"
 #include "trainer/job_manifest.h"
+#include "trainer/noisy_gd_job.h"
 #include "trainer/pretrain.h"
 #include "trainer/s3t_serving.h"
 #include "trainer/s3t_trainer.h"
@@ -109,7 +110,8 @@ std::vector<ShardRecords> assign_records(const storage::Dataset& dataset, const 
 
 json initial_manifest(const S3TJobSpec& spec, const ModelConfig& model, const std::vector<SliceOrder>& orders) {
   json shards = json::array();
-  for (int k = 0; k < spec.shards; ++k) {
+  const int s3t_shards = orders.empty() ? 0 : spec.shards;  // no orders: a job without S3T (noisy GD only)
+  for (int k = 0; k < s3t_shards; ++k) {
     json series = json::array();
     for (int b = 0; b < spec.sequences; ++b) series.push_back({{"sequence", b}, {"name", series_name(k, b)}, {"prefixes", json::array()}});
     shards.push_back({{"shard", k}, {"plan", shard_plan_to_json(make_shard_plan(spec.slices, orders, 0))}, {"series", series}});
@@ -124,28 +126,6 @@ json initial_manifest(const S3TJobSpec& spec, const ModelConfig& model, const st
           {"checkpoints", "checkpoints"},
           {"model", to_json(model)},
           {"shards", shards}};
-}
-
-void prepare_job_dir(const S3TJobSpec& spec, const ModelConfig& model, const std::vector<SliceOrder>& orders, bool resume) {
-  const auto manifest = job_manifest_path(spec.job_dir);
-  if (fs::exists(manifest)) {
-    if (!resume) {
-      throw std::runtime_error("job directory " + spec.job_dir.string() +
-                               " already holds a run (manifest.json); pass --resume to continue it or choose another job_dir");
-    }
-    const auto existing = read_json_file(manifest);
-    if (existing.value("config_digest", "") != spec.config_digest) {
-      throw std::runtime_error("--resume: the config differs from the run in " + spec.job_dir.string() + " (digest " +
-                               existing.value("config_digest", "?") + " there, " + spec.config_digest +
-                               " now); resume with the same config or start a new job_dir");
-    }
-    return;
-  }
-  fs::create_directories(spec.job_dir / "checkpoints");
-  if (!spec.config_file.empty() && fs::exists(spec.config_file)) copy_durably(spec.config_file, spec.job_dir / "config.yaml");
-  write_text_durably(spec.job_dir / "config.json", spec.config.dump(2) + "\n");
-  copy_durably(spec.backbone, spec.job_dir / "backbone.h5");
-  write_job_manifest(spec.job_dir, initial_manifest(spec, model, orders));
 }
 
 // Final manifest: every series' committed prefixes, and each plan's surviving prefix accordingly;
@@ -175,6 +155,28 @@ json finish_manifest(const S3TJobSpec& spec, const storage::CheckpointStore& sto
 }
 
 }  // namespace
+
+void prepare_job_dir(const S3TJobSpec& spec, const ModelConfig& model, const std::vector<SliceOrder>& orders, bool resume) {
+  const auto manifest = job_manifest_path(spec.job_dir);
+  if (fs::exists(manifest)) {
+    if (!resume) {
+      throw std::runtime_error("job directory " + spec.job_dir.string() +
+                               " already holds a run (manifest.json); pass --resume to continue it or choose another job_dir");
+    }
+    const auto existing = read_json_file(manifest);
+    if (existing.value("config_digest", "") != spec.config_digest) {
+      throw std::runtime_error("--resume: the config differs from the run in " + spec.job_dir.string() + " (digest " +
+                               existing.value("config_digest", "?") + " there, " + spec.config_digest +
+                               " now); resume with the same config or start a new job_dir");
+    }
+    return;
+  }
+  fs::create_directories(spec.job_dir / "checkpoints");
+  if (!spec.config_file.empty() && fs::exists(spec.config_file)) copy_durably(spec.config_file, spec.job_dir / "config.yaml");
+  write_text_durably(spec.job_dir / "config.json", spec.config.dump(2) + "\n");
+  copy_durably(spec.backbone, spec.job_dir / "backbone.h5");
+  write_job_manifest(spec.job_dir, initial_manifest(spec, model, orders));
+}
 
 void agree_on_failure(comm::Communicator& comm, const std::string& error, const std::string& what) {
   std::int32_t failed = error.empty() ? 0 : 1;
@@ -399,12 +401,24 @@ EvalResult evaluate_job(const fs::path& job_dir, const fs::path& data) {
   load_backbone(model, job_dir / manifest.value("backbone", "backbone.h5"));
   const auto dataset = storage::Dataset::open(data_path);
   const auto records = read_records(dataset, dataset.select(storage::RecordFilter{}), model_config);
-  const auto serving = load_s3t_serving(job_dir, manifest);
+  const bool has_s3t = manifest.contains("shards") && !manifest.at("shards").empty();
+  const bool has_noisy_gd = manifest.contains("noisy_gd");
+  if (!has_s3t && !has_noisy_gd)
+    throw std::runtime_error(manifest_file.string() + " names no trained model; run `lethe train` on the job first");
   EvalResult result;
   result.records = records.labels.size(0);
-  const auto probabilities = ensemble_probabilities(model, serving.members, records.inputs, 1024);
-  result.accuracy = accuracy(probabilities, records.labels);
-  result.models = json::array({{{"name", "s3t"}, {"live_shards", serving.members.size()}, {"shards", serving.shards}}});
+  result.models = json::array();
+  if (has_s3t) {
+    const auto serving = load_s3t_serving(job_dir, manifest);
+    const auto probabilities = ensemble_probabilities(model, serving.members, records.inputs, 1024);
+    result.accuracy = accuracy(probabilities, records.labels);
+    result.models.push_back({{"name", "s3t"}, {"accuracy", result.accuracy}, {"live_shards", serving.members.size()},
+                             {"shards", serving.shards}});
+  }
+  if (has_noisy_gd) {
+    result.models.push_back(evaluate_noisy_gd(job_dir, manifest, model, records.inputs, records.labels));
+    if (!has_s3t) result.accuracy = result.models.back().at("accuracy").get<double>();
+  }
   return result;
 }
 

@@ -80,18 +80,26 @@ struct S3TRunOptions {
 };
 S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, const S3TRunOptions& options);
 
+// Rank 0, before training: creates the job directory (config.yaml and config.json, backbone.h5,
+// checkpoints/, manifest.json with one "shards" entry per shard, none when `orders` is empty: a job
+// without S3T), or with `resume` checks that the one there holds a run of the same config.
+void prepare_job_dir(const S3TJobSpec& spec, const ModelConfig& model, const std::vector<SliceOrder>& orders, bool resume);
+
 // Every rank learns whether any rank failed (`error`: this rank's message, empty for none) and
 // throws if so, so that no rank waits in a collective for a peer that has already given up.
 void agree_on_failure(comm::Communicator& comm, const std::string& error, const std::string& what);
 
 struct EvalResult {
-  double accuracy = 0;
+  double accuracy = 0;  // the S3T ensemble's when the job has S3T, else the noisy-GD model's
   std::int64_t records = 0;
-  nlohmann::json models;  // [{"name", "live_shards", "shards": [{"shard", "sequence", "depth"}]}]
+  // [{"name": "s3t", "accuracy", "live_shards", "shards": [{"shard", "sequence", "depth"}]},
+  //  {"name": "noisy_gd", "accuracy", "version", ...}]: the models the job has
+  nlohmann::json models;
 };
 
-// Ensemble accuracy of a trained job on `data` (every live record; empty path: the dataset named
-// by the config's test_dataset) using the manifest's plan state to choose each shard's prefix.
+// Accuracy of a trained job's models on `data` (every live record; empty path: the dataset named
+// by the config's test_dataset): the S3T ensemble, using the manifest's plan state to choose each
+// shard's prefix, and the noisy-GD model version the manifest names (trainer/noisy_gd_job.h).
 [[nodiscard]] EvalResult evaluate_job(const std::filesystem::path& job_dir, const std::filesystem::path& data);
 
 // Fails with a clear message when `device` is "cuda" and libtorch sees no CUDA device.

@@ -1,7 +1,10 @@
 // YAML job config: defaults, relative paths, and errors that name the key for each kind of mistake.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "launch/job_config.h"
+#include "trainer/noisy_gd_job.h"
 
 using lethe::launch::ConfigError;
 using lethe::launch::parse_job_config;
@@ -91,6 +94,92 @@ TEST(JobConfig, BmsProbabilitiesAreValidatedPerSlice) {
             std::string::npos);
 }
 
+TEST(JobConfig, NoisyGdSectionDefaultsAndValues) {
+  const auto without = parse_job_config(kValid, "/cfg/job.yaml");
+  EXPECT_FALSE(without.noisy_gd.enabled) << "no section: no noisy-GD model";
+  EXPECT_TRUE(without.s3t.enabled) << "S3T stays on by default";
+  EXPECT_TRUE(lethe::launch::to_json(without).at("noisy_gd").is_null());
+
+  const auto defaults = parse_job_config(std::string(kValid) + "noisy_gd: {}\n", "/cfg/job.yaml");
+  EXPECT_TRUE(defaults.noisy_gd.enabled) << "a present section is enabled";
+  EXPECT_TRUE(defaults.s3t.enabled);
+  EXPECT_GT(defaults.noisy_gd.lambda, 0);
+  EXPECT_DOUBLE_EQ(defaults.noisy_gd.eta, 1.0 / (0.5 + defaults.noisy_gd.lambda)) << "default eta: 1/(beta + lambda)";
+  EXPECT_DOUBLE_EQ(defaults.noisy_gd.clip, std::sqrt(2.0));
+  EXPECT_DOUBLE_EQ(defaults.noisy_gd.target_epsilon, 1.0);
+  EXPECT_FALSE(defaults.noisy_gd.delta.has_value()) << "1/n";
+  EXPECT_EQ(parse_job_config(std::string(kValid) + "noisy_gd:\n", "/cfg/job.yaml").noisy_gd.enabled, true)
+      << "an empty section is the defaults";
+
+  const auto set = parse_job_config(std::string(kValid) +
+                                        "noisy_gd: {lambda: 0.1, eta: 1.5, sigma: 0.3, clip: 2, steps: 50, "
+                                        "target_epsilon: 0.5, delta: 1e-6}\n",
+                                    "/cfg/job.yaml");
+  EXPECT_DOUBLE_EQ(set.noisy_gd.lambda, 0.1);
+  EXPECT_DOUBLE_EQ(set.noisy_gd.eta, 1.5);
+  EXPECT_DOUBLE_EQ(set.noisy_gd.sigma, 0.3);
+  EXPECT_DOUBLE_EQ(set.noisy_gd.clip, 2.0);
+  EXPECT_EQ(set.noisy_gd.train_steps, 50);
+  EXPECT_DOUBLE_EQ(set.noisy_gd.target_epsilon, 0.5);
+  EXPECT_DOUBLE_EQ(set.noisy_gd.delta.value(), 1e-6);
+  const auto json = lethe::launch::to_json(set).at("noisy_gd");
+  EXPECT_EQ(json.at("steps"), 50);
+  EXPECT_EQ(json.at("delta"), 1e-6);
+  const auto spec = lethe::launch::to_noisy_gd_spec(set);
+  EXPECT_DOUBLE_EQ(spec.params.eta, 1.5);
+  EXPECT_EQ(spec.train_steps, 50);
+  EXPECT_DOUBLE_EQ(spec.delta.value(), 1e-6);
+
+  const auto off = parse_job_config(std::string(kValid) + "noisy_gd: {enabled: false, sigma: 0.3}\n", "/cfg/job.yaml");
+  EXPECT_FALSE(off.noisy_gd.enabled);
+  EXPECT_EQ(lethe::launch::config_digest(off), lethe::launch::config_digest(without))
+      << "a disabled section trains nothing, so it does not change the digest";
+}
+
+TEST(JobConfig, NoisyGdOnlyJobTurnsS3TOff) {
+  const auto c = parse_job_config(with("selection: cyclic", "enabled: false") + "noisy_gd: {sigma: 0.1}\n", "/cfg/job.yaml");
+  EXPECT_FALSE(c.s3t.enabled);
+  EXPECT_TRUE(c.noisy_gd.enabled);
+  EXPECT_EQ(c.model.sites, 1) << "no adapters without S3T";
+  EXPECT_EQ(lethe::launch::to_json(c).at("s3t").at("enabled"), false);
+  // Without S3T, fewer blocks than s3t.slices is fine: no adapter sites are needed.
+  EXPECT_NO_THROW((void)parse_job_config(with("slices: 3", "slices: 6, enabled: false") + "noisy_gd: {}\n", "/cfg/job.yaml"));
+  // Nothing to train at all.
+  EXPECT_NE(error_of(with("selection: cyclic", "enabled: false")).find("s3t.enabled"), std::string::npos);
+  EXPECT_NE(error_of(with("selection: cyclic", "enabled: no way")).find("s3t.enabled: expected true or false"),
+            std::string::npos);
+}
+
+TEST(JobConfig, NoisyGdErrorsNameTheKeyAndTheAssumption) {
+  const auto error_with = [](const std::string& section) { return error_of(std::string(kValid) + section + "\n"); };
+  EXPECT_NE(error_with("noisy_gd: {lambda: 0}").find("noisy_gd.lambda"), std::string::npos);
+  EXPECT_NE(error_with("noisy_gd: {lambda: -1}").find("strongly convex"), std::string::npos);
+  EXPECT_NE(error_with("noisy_gd: {sigma: 0}").find("noisy_gd.sigma"), std::string::npos);
+  // eta <= 1/(beta + lambda) = 1/(0.5 + 0.5) = 1.
+  const auto eta = error_with("noisy_gd: {lambda: 0.5, eta: 1.01}");
+  EXPECT_NE(eta.find("/cfg/job.yaml: noisy_gd.eta: "), std::string::npos) << eta;
+  EXPECT_NE(eta.find("1/(beta + lambda)"), std::string::npos) << eta;
+  EXPECT_EQ(error_with("noisy_gd: {lambda: 0.5, eta: 1.0}"), "") << "the bound itself is allowed";
+  EXPECT_NE(error_with("noisy_gd: {clip: 0}").find("noisy_gd.clip"), std::string::npos);
+  EXPECT_NE(error_with("noisy_gd: {steps: 0}").find("noisy_gd.steps"), std::string::npos);
+  EXPECT_NE(error_with("noisy_gd: {steps: 1.5}").find("noisy_gd.steps: expected an integer"), std::string::npos);
+  EXPECT_NE(error_with("noisy_gd: {target_epsilon: 0}").find("noisy_gd.target_epsilon"), std::string::npos);
+  EXPECT_NE(error_with("noisy_gd: {delta: 1}").find("noisy_gd.delta"), std::string::npos);
+  EXPECT_NE(error_with("noisy_gd: {sigma: lots}").find("noisy_gd.sigma: expected a number"), std::string::npos);
+  EXPECT_NE(error_with("noisy_gd: {epsilon: 1}").find("noisy_gd.epsilon: unknown key"), std::string::npos);
+  EXPECT_NE(error_with("noisy_gd: [1, 2]").find("noisy_gd: must be a mapping"), std::string::npos);
+  EXPECT_NE(error_with("noisy_gd: {enabled: maybe}").find("noisy_gd.enabled: expected true or false"), std::string::npos);
+}
+
+TEST(JobConfig, NoisyGdSettingsAreInTheDigest) {
+  const auto base = parse_job_config(std::string(kValid) + "noisy_gd: {sigma: 0.1}\n", "/cfg/job.yaml");
+  const auto other = parse_job_config(std::string(kValid) + "noisy_gd: {sigma: 0.2}\n", "/cfg/job.yaml");
+  const auto none = parse_job_config(kValid, "/cfg/job.yaml");
+  EXPECT_NE(lethe::launch::config_digest(base), lethe::launch::config_digest(other));
+  EXPECT_NE(lethe::launch::config_digest(base), lethe::launch::config_digest(none));
+  EXPECT_EQ(lethe::launch::to_job_spec(base, "/j").config.at("noisy_gd").at("sigma"), 0.1) << "stored in the manifest";
+}
+
 TEST(JobConfig, MissingFileIsAClearError) {
   try {
     (void)lethe::launch::load_job_config("/nonexistent/job.yaml");
@@ -106,8 +195,8 @@ TEST(JobConfig, EveryExampleConfigParses) {
   for (const auto& entry : std::filesystem::directory_iterator(examples)) {
     if (entry.path().extension() != ".yaml") continue;
     const auto c = lethe::launch::load_job_config(entry.path());
-    EXPECT_EQ(c.model.sites, c.s3t.slices) << entry.path();
+    EXPECT_EQ(c.model.sites, c.s3t.enabled ? c.s3t.slices : 1) << entry.path();
     ++parsed;
   }
-  EXPECT_GE(parsed, 3);
+  EXPECT_GE(parsed, 4);
 }

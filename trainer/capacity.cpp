@@ -64,6 +64,10 @@ double expected_capacity_formula(int shards, int slices, int budget) {
   return static_cast<double>(m * l) * harmonic_number(m * std::min(b, l));
 }
 
+double CapacityResult::ci95_half_width() const {
+  return trials > 0 ? 1.959964 * stddev_deletions / std::sqrt(static_cast<double>(trials)) : 0.0;
+}
+
 CapacityResult simulate_capacity(int shards, int slices, int budget, SequenceSelection selection, int trials,
                                  std::uint64_t seed) {
   require_positive(shards, "shards");
@@ -73,28 +77,58 @@ CapacityResult simulate_capacity(int shards, int slices, int budget, SequenceSel
   const std::vector<double> uniform(static_cast<std::size_t>(slices), 1.0 / slices);
   const ShardPlan trained = make_shard_plan(slices, select_sequences(selection, slices, budget, uniform, slices),
                                             slices);
+  const std::vector<ShardPlan> plans(static_cast<std::size_t>(shards), trained);
+  CapacityResult result = simulate_capacity(plans, trials, seed);
+  result.selection = selection;
+  return result;
+}
+
+CapacityResult simulate_capacity(std::span<const ShardPlan> plans, int trials, std::uint64_t seed) {
+  require_positive(trials, "trials");
+  if (plans.empty()) throw std::invalid_argument("simulate_capacity: no shard plans given; a job has at least one shard");
+  const int slices = plans[0].slices;
+  const auto budget = static_cast<int>(plans[0].sequences.size());
+  std::int64_t first_slices = 0;  // the coupons: distinct first slices of live sequences, over shards
+  for (std::size_t k = 0; k < plans.size(); ++k) {
+    const std::string field = "shards[" + std::to_string(k) + "].plan";
+    validate_shard_plan(plans[k], field);
+    if (plans[k].slices != slices || static_cast<int>(plans[k].sequences.size()) != budget) {
+      throw std::invalid_argument(field + ": " + std::to_string(plans[k].slices) + " slices and " +
+                                  std::to_string(plans[k].sequences.size()) + " sequences, but shard 0 has " +
+                                  std::to_string(slices) + " and " + std::to_string(budget) +
+                                  "; every shard of a job has the same L and B");
+    }
+    std::vector<char> first(static_cast<std::size_t>(slices), 0);
+    // A sequence reaches depth 0 exactly when its first slice is hit; one already at 0 needs nothing.
+    for (const auto& sequence : plans[k].sequences) {
+      if (sequence.surviving_prefix > 0) first[static_cast<std::size_t>(sequence.order[0])] = 1;
+    }
+    first_slices += std::count(first.begin(), first.end(), 1);
+  }
+  const auto shards = static_cast<int>(plans.size());
 
   CapacityResult result;
   result.shards = shards;
   result.slices = slices;
   result.budget = budget;
-  result.selection = selection;
   result.trials = trials;
   result.formula = expected_capacity_formula(shards, slices, budget);
+  result.exact_expectation = static_cast<double>(static_cast<std::int64_t>(shards) * slices) * harmonic_number(first_slices);
 
   Random random(seed);
   double sum = 0.0, sum_squares = 0.0, live_sum = 0.0;
+  const auto live_at_start = static_cast<int>(std::count_if(plans.begin(), plans.end(), [](const ShardPlan& p) { return !is_dead(p); }));
   for (int trial = 0; trial < trials; ++trial) {
-    std::vector<ShardPlan> plans(static_cast<std::size_t>(shards), trained);
-    int live = shards;
+    std::vector<ShardPlan> state(plans.begin(), plans.end());
+    int live = live_at_start;
     std::int64_t deletions = 0, live_deletions = 0;
     while (live > 0) {
       const auto shard = static_cast<std::size_t>(random.below(static_cast<std::uint64_t>(shards)));
       const auto slice = static_cast<int>(random.below(static_cast<std::uint64_t>(slices)));
       ++deletions;
-      if (is_dead(plans[shard])) continue;
+      if (is_dead(state[shard])) continue;
       ++live_deletions;
-      if (!apply_deletion(plans[shard], slice).shard_live_after) --live;
+      if (!apply_deletion(state[shard], slice).shard_live_after) --live;
     }
     const auto d = static_cast<double>(deletions);
     sum += d;

@@ -1,0 +1,245 @@
+// `lethe retrain` end to end: records are erased and the plans truncated as the coordinator does, then
+// the scheduled retrain (2 MPI ranks) restores full depth on the remaining data, and the restored
+// models are exactly those a fresh `lethe train` on the erased dataset produces.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "storage/checkpoint_store.h"
+#include "storage/dataset.h"
+#include "storage/erasure.h"
+#include "storage/job_lock.h"
+#include "storage/record_assignment.h"
+#include "tests/trainer/cli_job_fixture.h"
+#include "trainer/job_manifest.h"
+#include "trainer/s3t_job.h"
+#include "trainer/s3t_plan.h"
+
+using namespace lethe::test;
+using namespace lethe::trainer;
+using lethe::storage::CheckpointStore;
+using nlohmann::json;
+
+namespace {
+
+// Live non-public training records of `dataset` in (shard, slice), in file order.
+std::vector<std::string> records_in(const lethe::storage::Dataset& dataset, int shards, int slices, int shard,
+                                    const std::set<int>& slice_set) {
+  lethe::storage::RecordFilter filter;
+  filter.public_records = lethe::storage::PublicRecords::exclude;
+  std::vector<std::string> ids;
+  for (const auto row : dataset.select(filter)) {
+    const auto id = std::string(dataset.id(row));
+    const auto a = dataset.assigner().assign(id, shards, slices);
+    if (a.shard == shard && slice_set.count(a.slice)) ids.push_back(id);
+  }
+  return ids;
+}
+
+// The records digest a checkpoint's metadata records (trainer/s3t_job.cpp): SipHash of its ids.
+std::uint64_t digest_of(const std::vector<std::string>& ids) {
+  std::string text;
+  for (const auto& id : ids) text += id + '\n';
+  return lethe::storage::siphash24(1, 2, {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+}
+
+// What the coordinator does for deleted records of a trained job: truncate every sequence of the
+// record's shard, purge the prefix checkpoints the record influenced (unless `purge` is false, as if
+// it crashed first), list dead shards for retraining, commit the manifest.
+void apply_deletions(const fs::path& job, const lethe::storage::Dataset& dataset, const std::vector<std::string>& ids,
+                     int shards, int slices, const std::set<int>& purge_shards) {
+  auto manifest = read_job_manifest(job);
+  CheckpointStore store(job / "checkpoints");
+  json pending = json::array();
+  for (int k = 0; k < shards; ++k) {
+    auto plan = shard_plan_from_json(manifest["shards"][static_cast<std::size_t>(k)]["plan"]);
+    for (const auto& id : ids) {
+      const auto a = dataset.assigner().assign(id, shards, slices);
+      if (a.shard != k) continue;
+      const auto effect = apply_deletion(plan, a.slice);
+      if (!purge_shards.count(k)) continue;
+      for (const auto& truncation : effect.sequences) {
+        const auto name = series_name(k, truncation.sequence);
+        for (const auto& info : store.versions(name)) {
+          const auto& steps = truncation.invalidated_steps;
+          if (std::find(steps.begin(), steps.end(), info.metadata.at("prefix").get<int>()) != steps.end()) store.purge(name, info.version);
+        }
+      }
+    }
+    if (is_dead(plan)) pending.push_back(k);
+    manifest["shards"][static_cast<std::size_t>(k)]["plan"] = shard_plan_to_json(plan);
+  }
+  manifest["retrain_pending"] = pending;
+  write_job_manifest(job, manifest);
+}
+
+json load_manifest(const fs::path& job) { return read_job_manifest(job); }
+
+}  // namespace
+
+class Retrain : public CliJobTest {};
+
+TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
+  const JobShape shape{2, 3, 3, 2};  // cyclic orders [0,1,2], [1,2,0], [2,0,1]
+  const auto config = write_config("job.yaml", shape);
+  ASSERT_EQ(pretrain(config).status, 0);
+  const auto job = dir_ / "run";
+  const auto t = train(config, job);
+  ASSERT_EQ(t.status, 0) << t.out;
+
+  // Shard 0 loses two records of slice 1: depths become 1, 0, 2 (still live). Shard 1 loses one record
+  // of every slice: dead. The coordinator purges shard 0's invalidated checkpoints but "crashes" before
+  // purging shard 1's, which retrain must then purge itself.
+  std::vector<std::string> erased;
+  {
+    const auto dataset = lethe::storage::Dataset::open(dir_ / "train.h5");
+    const auto slice1 = records_in(dataset, shape.shards, shape.slices, 0, {1});
+    ASSERT_GE(slice1.size(), 3u);
+    erased = {slice1[0], slice1[2]};
+    for (int s = 0; s < shape.slices; ++s) erased.push_back(records_in(dataset, shape.shards, shape.slices, 1, {s}).at(1));
+  }
+  const auto erasure = lethe::storage::erase_records(dir_ / "train.h5", erased);
+  ASSERT_EQ(erasure.erased.size(), erased.size());
+  const auto dataset = lethe::storage::Dataset::open(dir_ / "train.h5");
+  apply_deletions(job, dataset, erased, shape.shards, shape.slices, {0});
+  const auto truncated = load_manifest(job);
+  ASSERT_EQ(truncated.at("retrain_pending"), json::array({1}));
+  std::vector<std::vector<int>> depth_before(2);
+  for (int k = 0; k < 2; ++k) {
+    for (const auto& s : truncated["shards"][k]["plan"]["sequences"]) depth_before[k].push_back(s["surviving_prefix"].get<int>());
+  }
+  ASSERT_EQ(depth_before[0], (std::vector<int>{1, 0, 2}));
+  ASSERT_EQ(depth_before[1], (std::vector<int>{0, 0, 0}));
+  const auto served = run_command(lethe_cmd() + " eval --job " + job.string());
+  ASSERT_EQ(served.status, 0) << served.out;
+  EXPECT_EQ(json_of(served).at("models")[0].at("live_shards"), 1);
+
+  const auto r = run_command(mpiexec(2) + lethe_cmd() + " retrain --job " + job.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto report = json_of(r);
+  EXPECT_EQ(report.at("ranks"), 2);
+  EXPECT_EQ(report.at("retrained"), true);
+  EXPECT_EQ(report.at("sequences_restored"), 6);
+  EXPECT_EQ(report.at("shards_revived"), json::array({1}));
+  EXPECT_EQ(report.at("checkpoints_purged"), 9);  // shard 1's, left by the "crashed" coordinator
+  EXPECT_EQ(report.at("steps_planned"), (2 + 3 + 1) + 9);
+  EXPECT_EQ(report.at("steps_trained"), (2 + 3 + 1) + 9);
+  EXPECT_EQ(report.at("model_version"), 1);
+  EXPECT_GT(report.at("seconds").get<double>(), 0.0);
+
+  // Full depth, nothing pending, a new model version.
+  const auto manifest = load_manifest(job);
+  EXPECT_EQ(manifest.at("status"), "trained");
+  EXPECT_EQ(manifest.at("retrain_pending"), json::array());
+  EXPECT_EQ(manifest.at("model_version"), 1);
+  for (const auto& shard : manifest.at("shards")) {
+    for (const auto& s : shard.at("plan").at("sequences")) EXPECT_EQ(s.at("surviving_prefix"), shape.slices);
+  }
+
+  // No committed checkpoint counts an erased record: each one's record count and records digest are
+  // those of the live records of its slices now.
+  const CheckpointStore store(job / "checkpoints");
+  for (int k = 0; k < shape.shards; ++k) {
+    for (int b = 0; b < shape.sequences; ++b) {
+      const auto versions = store.versions(series_name(k, b));
+      ASSERT_EQ(versions.size(), static_cast<std::size_t>(shape.slices)) << series_name(k, b);
+      for (const auto& info : versions) {
+        const auto slices = info.metadata.at("slices").get<std::vector<int>>();
+        const auto ids = records_in(dataset, shape.shards, shape.slices, k, {slices.begin(), slices.end()});
+        EXPECT_EQ(info.metadata.at("records").get<std::size_t>(), ids.size()) << info.path;
+        EXPECT_EQ(info.metadata.at("records_digest").get<std::uint64_t>(), digest_of(ids)) << info.path;
+      }
+    }
+  }
+
+  // The strong check: a fresh run of the same config on the erased dataset. Retrained prefixes have
+  // the same digests. Surviving prefixes have the same tensors, bit for bit; their digests differ only
+  // because their metadata truthfully records the data version they were trained on (before erasure).
+  const auto fresh = train(config, dir_ / "fresh");
+  ASSERT_EQ(fresh.status, 0) << fresh.out;
+  const auto fresh_digests = json_of(fresh).at("digests");
+  EXPECT_EQ(report.at("digests").size(), fresh_digests.size());
+  const CheckpointStore fresh_store(dir_ / "fresh" / "checkpoints");
+  for (int k = 0; k < shape.shards; ++k) {
+    for (int b = 0; b < shape.sequences; ++b) {
+      const auto name = series_name(k, b);
+      for (int prefix = 1; prefix <= shape.slices; ++prefix) {
+        const auto i = static_cast<std::size_t>(prefix - 1);
+        const auto ours = store.load(name, store.versions(name)[i].version);
+        const auto theirs = fresh_store.load(name, fresh_store.versions(name)[i].version);
+        ASSERT_EQ(ours.info.metadata.at("prefix"), prefix);
+        ASSERT_EQ(ours.tensors.size(), theirs.tensors.size());
+        for (std::size_t t = 0; t < ours.tensors.size(); ++t) {
+          EXPECT_EQ(ours.tensors[t].name, theirs.tensors[t].name);
+          EXPECT_TRUE(ours.tensors[t].bytes == theirs.tensors[t].bytes) << name << " P_" << prefix << " " << ours.tensors[t].name;
+        }
+        if (prefix > depth_before[static_cast<std::size_t>(k)][static_cast<std::size_t>(b)]) {
+          EXPECT_EQ(report.at("digests").at(name)[i], fresh_digests.at(name)[i]) << name << " P_" << prefix;
+        } else {
+          auto a = ours.info.metadata, c = theirs.info.metadata;
+          EXPECT_NE(a.at("data_version"), c.at("data_version"));
+          a.erase("data_version");
+          c.erase("data_version");
+          EXPECT_EQ(a, c) << name << " P_" << prefix;
+        }
+      }
+    }
+  }
+
+  // Serving works at full depth, with the fresh run's accuracy.
+  const auto e = run_command(lethe_cmd() + " eval --job " + job.string());
+  ASSERT_EQ(e.status, 0) << e.out;
+  const auto ej = json_of(e);
+  EXPECT_EQ(ej.at("models")[0].at("live_shards"), shape.shards);
+  for (const auto& s : ej.at("models")[0].at("shards")) EXPECT_EQ(s.at("depth"), shape.slices);
+  const auto fe = run_command(lethe_cmd() + " eval --job " + (dir_ / "fresh").string());
+  ASSERT_EQ(fe.status, 0) << fe.out;
+  EXPECT_EQ(ej.at("accuracy"), json_of(fe).at("accuracy"));
+
+  // Nothing left to do: a second retrain writes nothing (but the lock file's holder line) and keeps
+  // the model version.
+  auto before = snapshot(job);
+  const auto again = run_command(lethe_cmd() + " retrain --job " + job.string());
+  ASSERT_EQ(again.status, 0) << again.out;
+  EXPECT_EQ(json_of(again).at("retrained"), false);
+  EXPECT_EQ(json_of(again).at("model_version"), 1);
+  auto after = snapshot(job);
+  EXPECT_NE(after.at((job / ".lock").string()).find("lethe retrain"), std::string::npos);
+  before.erase((job / ".lock").string());
+  after.erase((job / ".lock").string());
+  EXPECT_TRUE(after == before) << "a retrain with nothing to do changed the job directory";
+}
+
+TEST_F(Retrain, RefusesWhileAnotherWriterHoldsTheJob) {
+  const JobShape shape{1, 2, 1, 1};
+  const auto config = write_config("job.yaml", shape);
+  ASSERT_EQ(pretrain(config).status, 0);
+  const auto job = dir_ / "run";
+  ASSERT_EQ(train(config, job).status, 0);
+  const auto victim = records_in(lethe::storage::Dataset::open(dir_ / "train.h5"), 1, 2, 0, {1}).at(0);
+  ASSERT_EQ(lethe::storage::erase_records(dir_ / "train.h5", std::vector<std::string>{victim}).erased.size(), 1u);
+  apply_deletions(job, lethe::storage::Dataset::open(dir_ / "train.h5"), {victim}, 1, 2, {0});
+
+  {
+    const lethe::storage::JobLock held(job, "lethe serve");
+    const auto before = snapshot(job);
+    const auto r = run_command(lethe_cmd() + " retrain --job " + job.string());
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.out.find("lethe: error:"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("in use by lethe serve"), std::string::npos) << r.out;
+    EXPECT_TRUE(snapshot(job) == before) << "a refused retrain changed the job directory";
+  }
+  // Once the writer is gone, the same command succeeds.
+  const auto r = run_command(lethe_cmd() + " retrain --job " + job.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(json_of(r).at("sequences_restored"), 1);
+  EXPECT_EQ(load_manifest(job).at("model_version"), 1);
+
+  const auto missing = run_command(lethe_cmd() + " retrain --job " + (dir_ / "nowhere").string());
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_NE(missing.out.find("config.json"), std::string::npos) << missing.out;
+}

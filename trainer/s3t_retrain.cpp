@@ -26,17 +26,17 @@ struct Preparation {
   std::set<int> shards_revived;
   int checkpoints_purged = 0;
   int steps_planned = 0;
-  int model_version = 0;
+  std::int64_t model_version = 0;
 };
 
-int model_version_of(const json& manifest, const std::string& file) {
+std::int64_t model_version_of(const json& manifest, const std::string& file) {
   if (!manifest.contains("model_version")) return 0;
   const auto& v = manifest["model_version"];
   if (!v.is_number_integer() || v.get<std::int64_t>() < 0) {
     throw std::runtime_error(file + ": model_version: expected a non-negative integer, got " + v.dump() +
                              "; the manifest is damaged");
   }
-  return v.get<int>();
+  return v.get<std::int64_t>();
 }
 
 // Reads the plans, checks them against the config, and purges what the plans no longer cover.
@@ -102,7 +102,7 @@ Preparation prepare_retrain(const S3TJobSpec& spec) {
 }
 
 // The manifest's own check that the retrain did what it promised, before it is committed.
-void finish_retrain(json& manifest, const S3TJobSpec& spec, int new_version) {
+void finish_retrain(json& manifest, const S3TJobSpec& spec, std::int64_t new_version) {
   for (const auto& shard : manifest.at("shards")) {
     const auto plan = shard_plan_from_json(shard.at("plan"), "manifest.shards.plan");
     for (std::size_t b = 0; b < plan.sequences.size(); ++b) {
@@ -143,14 +143,14 @@ RetrainReport retrain_job(const S3TJobSpec& spec, comm::Communicator& comm) {
   report.checkpoints_purged = prep.checkpoints_purged;
   report.steps_planned = prep.steps_planned;
   report.retrained = shared[0] != 0;
-  report.model_version = static_cast<int>(shared[1]);
+  report.model_version = shared[1];
   if (comm.rank() == 0) {
     spdlog::info("retrain {}: {} sequences below full depth ({} steps), shards revived {}, {} checkpoints purged",
                  spec.job_dir.string(), prep.sequences_restored, prep.steps_planned, report.shards_revived.size(),
                  prep.checkpoints_purged);
   }
   if (report.retrained) {
-    const int new_version = report.model_version + 1;
+    const std::int64_t new_version = report.model_version + 1;
     S3TRunOptions options;
     options.resume = true;  // every series continues from its (now purged down to) surviving prefix
     options.before_manifest_commit = [&](json& manifest) { finish_retrain(manifest, spec, new_version); };

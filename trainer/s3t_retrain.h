@@ -20,7 +20,7 @@ struct RetrainReport {
   int steps_planned = 0;           // Σ (L − surviving prefix) over the truncated sequences
   int steps_trained = 0;           // prefix steps trained, all ranks
   std::int64_t samples = 0;        // training sample passes, all ranks
-  int model_version = 0;           // manifest["model_version"] afterwards (raised by one if retrained)
+  std::int64_t model_version = 0;  // manifest["model_version"] afterwards (raised by one if retrained)
   double seconds = 0;              // wall time on rank 0, lock to commit
   nlohmann::json digests;          // {series: [digest of P_1, ..., P_L]} after the retrain
 };

@@ -51,6 +51,13 @@ Preparation prepare_retrain(const S3TJobSpec& spec) {
     throw std::runtime_error(file + ": shards: expected one entry per shard of the config (" + std::to_string(spec.shards) +
                              "); the job directory does not match its config.json");
   }
+  // Checked here, before anything is purged, for a message about retraining (the resume path checks too).
+  if (manifest.value("config_digest", "") != spec.config_digest) {
+    throw std::runtime_error(file + ": config_digest " + manifest.value("config_digest", "(none)") + " differs from " +
+                             spec.config_digest + ", the digest of " + (spec.job_dir / "config.json").string() +
+                             " as this lethe reads it: config.json was edited, or the job was trained by a lethe whose "
+                             "config format differs. Retraining would not reproduce the run; train the job anew");
+  }
   Preparation prep;
   prep.model_version = model_version_of(manifest, file);
   const auto orders = select_sequences(spec.selection, spec.slices, spec.sequences, spec.deletion_probabilities, spec.horizon);

@@ -214,7 +214,7 @@ TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
   EXPECT_TRUE(after == before) << "a retrain with nothing to do changed the job directory";
 }
 
-TEST_F(Retrain, RefusesWhileAnotherWriterHoldsTheJob) {
+TEST_F(Retrain, RefusesWhileAnotherWriterHoldsTheJobOrItsConfigWasEdited) {
   const JobShape shape{1, 2, 1, 1};
   const auto config = write_config("job.yaml", shape);
   ASSERT_EQ(pretrain(config).status, 0);
@@ -238,6 +238,20 @@ TEST_F(Retrain, RefusesWhileAnotherWriterHoldsTheJob) {
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_EQ(json_of(r).at("sequences_restored"), 1);
   EXPECT_EQ(load_manifest(job).at("model_version"), 1);
+
+  // A config.json that no longer matches the run (edited) is refused before anything is purged.
+  apply_deletions(job, lethe::storage::Dataset::open(dir_ / "train.h5"), {victim}, 1, 2, {});
+  auto edited = read_json_file(job / "config.json");
+  edited["training"]["learning_rate"] = 0.5;
+  std::ofstream(job / "config.json") << edited.dump(2);
+  auto before = snapshot(job);
+  const auto refused = run_command(lethe_cmd() + " retrain --job " + job.string());
+  EXPECT_EQ(refused.status, 1);
+  EXPECT_NE(refused.out.find("config_digest"), std::string::npos) << refused.out;
+  auto after = snapshot(job);
+  before.erase((job / ".lock").string());
+  after.erase((job / ".lock").string());
+  EXPECT_TRUE(after == before) << "a refused retrain changed the job directory";
 
   const auto missing = run_command(lethe_cmd() + " retrain --job " + (dir_ / "nowhere").string());
   EXPECT_EQ(missing.status, 1);

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
+#include <condition_variable>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -10,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -88,9 +91,13 @@ class Ledger {
   // hold any of the request's record ids or its subject in clear (use hash_id()): the ledger
   // refuses such a receipt, naming the JSON path of the offending value.
   void mark_applied(std::string_view id, const nlohmann::json& receipt);  // queued -> applied
+  // The same for a batch of (id, receipt), in one transaction (one fsync): all or none.
+  void mark_applied(const std::vector<std::pair<std::string, nlohmann::json>>& receipts);
   // queued/applied -> completed: stores the receipt and removes the clear record ids, subject and
   // idempotency key (their salted hashes stay). Completing twice is refused.
   void complete(std::string_view id, const nlohmann::json& receipt);
+  // The same for a batch of (id, receipt), in one transaction (one fsync): all or none.
+  void complete(const std::vector<std::pair<std::string, nlohmann::json>>& receipts);
   // queued/applied -> failed, with `reason` (non-empty); removes the clear values like complete().
   void fail(std::string_view id, const std::string& reason, const nlohmann::json& receipt);
 
@@ -116,11 +123,34 @@ class Ledger {
   [[nodiscard]] LedgerRequest load_locked(std::int64_t seq) const;
   [[nodiscard]] std::optional<std::int64_t> seq_of_locked(std::string_view id) const;
   void finish(std::string_view id, RequestStatus status, const std::string& reason, const nlohmann::json& receipt);
+  // finish() inside the caller's transaction, with mutex_ held.
+  void finish_locked(std::string_view id, RequestStatus status, const std::string& reason, const nlohmann::json& receipt);
+
+  // One submit() call waiting for its group's commit.
+  struct PendingSubmission {
+    const std::vector<std::string>* record_ids;
+    const std::optional<std::string>* subject;
+    const std::optional<std::string>* idempotency_key;
+    std::optional<SubmitResult> result;
+    std::exception_ptr error;
+    bool done = false;
+  };
+  // The leader's part of submit(): one transaction for the group, a savepoint per request.
+  void commit_submissions(const std::vector<PendingSubmission*>& group);
+  // Inserts one request (or finds its idempotency key) inside the caller's transaction:
+  // (seq, created).
+  std::pair<std::int64_t, bool> submit_locked(const std::vector<std::string>& record_ids,
+                                              const std::optional<std::string>& subject,
+                                              const std::optional<std::string>& idempotency_key);
 
   std::filesystem::path path_;
   std::unique_ptr<Database> db_;
   std::string salt_;  // raw bytes
   mutable std::mutex mutex_;
+  std::mutex submit_mutex_;  // guards the group-commit queue below
+  std::condition_variable submit_done_;
+  std::vector<PendingSubmission*> submit_queue_;
+  bool submit_leader_active_ = false;
 };
 
 }  // namespace lethe::storage

@@ -168,7 +168,7 @@ void CheckpointStore::remove_uncommitted(const std::string& name, const Manifest
   }
   if (ec)
     throw StorageError("cannot list checkpoint directory '" + series_dir(name).string() + "': " + ec.message());
-  for (const fs::path& path : leftovers) shred_file(path);
+  shred_files(leftovers);
 }
 
 CheckpointInfo CheckpointStore::info_of(const std::string& name, const ManifestEntry& entry) const {
@@ -280,17 +280,22 @@ std::vector<std::string> CheckpointStore::names() const {
   return out;
 }
 
-void CheckpointStore::purge(const std::string& name, int version) {
+void CheckpointStore::purge(const std::string& name, int version) { purge(name, std::vector<int>{version}); }
+
+void CheckpointStore::purge(const std::string& name, const std::vector<int>& versions) {
   validate_checkpoint_name(name);
   Manifest manifest = read_manifest(name);
-  if (version < 1 || version >= manifest.next_version)
-    throw StorageError("checkpoint series '" + name + "' never had a version " + std::to_string(version) +
-                       " (versions so far: 1 to " + std::to_string(manifest.next_version - 1) + " in '" +
-                       series_dir(name).string() + "'): check the name and version");
-  const auto found = std::find_if(manifest.entries.begin(), manifest.entries.end(),
-                                  [&](const ManifestEntry& e) { return e.version == version; });
-  if (found != manifest.entries.end()) {
-    manifest.entries.erase(found);
+  for (const int version : versions) {
+    if (version < 1 || version >= manifest.next_version)
+      throw StorageError("checkpoint series '" + name + "' never had a version " + std::to_string(version) +
+                         " (versions so far: 1 to " + std::to_string(manifest.next_version - 1) + " in '" +
+                         series_dir(name).string() + "'): check the name and version");
+  }
+  const auto listed = manifest.entries.size();
+  std::erase_if(manifest.entries, [&](const ManifestEntry& e) {
+    return std::find(versions.begin(), versions.end(), e.version) != versions.end();
+  });
+  if (manifest.entries.size() != listed) {
     commit_manifest(name, manifest);  // first: a crash now leaves an unlisted file, never a dangling entry
     reach(CommitStage::kPurgeManifestCommitted);
   }

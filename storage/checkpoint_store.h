@@ -70,6 +70,8 @@ class CheckpointStore {
   // Idempotent: purging an already purged version only shreds a leftover file, if any.
   // StorageError when the version was never written.
   void purge(const std::string& name, int version);
+  // Several versions of one series with one manifest commit (what a deletion batch purges).
+  void purge(const std::string& name, const std::vector<int>& versions);
   // Purges every version of `name`. The manifest stays (empty) so versions are never reused.
   void purge_all(const std::string& name);
 

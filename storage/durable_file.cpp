@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <set>
 #include <vector>
 
 #include "storage/error.h"
@@ -59,24 +60,36 @@ void commit_file(const std::filesystem::path& written, const std::filesystem::pa
   fsync_directory(target.parent_path());
 }
 
-void shred_file(const std::filesystem::path& path) {
-  {
-    Fd fd(path, O_WRONLY);
-    const off_t size = ::lseek(fd.get(), 0, SEEK_END);
-    if (size < 0) throw StorageError("cannot size '" + path.string() + "': " + errno_text());
-    std::vector<char> zeros(1 << 20, 0);
-    off_t done = 0;
-    while (done < size) {
-      const size_t n = static_cast<size_t>(std::min<off_t>(size - done, static_cast<off_t>(zeros.size())));
-      const ssize_t w = ::pwrite(fd.get(), zeros.data(), n, done);
-      if (w <= 0) throw StorageError("cannot overwrite '" + path.string() + "': " + errno_text());
-      done += w;
-    }
-    fsync_fd(fd, path);
+namespace {
+
+// Overwrites every byte of `path` with zeros and fsyncs it.
+void zero_file(const std::filesystem::path& path) {
+  Fd fd(path, O_WRONLY);
+  const off_t size = ::lseek(fd.get(), 0, SEEK_END);
+  if (size < 0) throw StorageError("cannot size '" + path.string() + "': " + errno_text());
+  std::vector<char> zeros(1 << 20, 0);
+  off_t done = 0;
+  while (done < size) {
+    const size_t n = static_cast<size_t>(std::min<off_t>(size - done, static_cast<off_t>(zeros.size())));
+    const ssize_t w = ::pwrite(fd.get(), zeros.data(), n, done);
+    if (w <= 0) throw StorageError("cannot overwrite '" + path.string() + "': " + errno_text());
+    done += w;
   }
-  if (::unlink(path.c_str()) != 0)
-    throw StorageError("cannot remove '" + path.string() + "': " + errno_text());
-  fsync_directory(path.parent_path());
+  fsync_fd(fd, path);
+}
+
+}  // namespace
+
+void shred_file(const std::filesystem::path& path) { shred_files({path}); }
+
+void shred_files(const std::vector<std::filesystem::path>& paths) {
+  std::set<std::filesystem::path> directories;
+  for (const auto& path : paths) {
+    zero_file(path);
+    if (::unlink(path.c_str()) != 0) throw StorageError("cannot remove '" + path.string() + "': " + errno_text());
+    directories.insert(path.parent_path());
+  }
+  for (const auto& dir : directories) fsync_directory(dir);  // once per directory, not per file
 }
 
 }  // namespace lethe::storage

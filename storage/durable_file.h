@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <vector>
 
 namespace lethe::storage {
 
@@ -21,5 +22,7 @@ void commit_file(const std::filesystem::path& written, const std::filesystem::pa
 // Overwrites every byte of `path` with zeros, fsyncs, unlinks it and fsyncs its
 // directory, so that its content is gone from the file system's view of the disk.
 void shred_file(const std::filesystem::path& path);
+// The same for several files, with one fsync per directory for their unlinks.
+void shred_files(const std::vector<std::filesystem::path>& paths);
 
 }  // namespace lethe::storage

@@ -104,6 +104,8 @@ class Coordinator {
   bool stopping_ = false;
   bool stopped_ = false;
   CoordinatorMetrics metrics_;
+  static constexpr std::chrono::seconds kScrubInterval{1};
+  std::chrono::steady_clock::time_point last_scrub_{};  // worker thread only
   std::thread thread_;
 };
 

@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "storage/checkpoint_store.h"
+#include "storage/erasure.h"
 #include "storage/error.h"
 #include "trainer/ensemble.h"
 #include "trainer/job_manifest.h"
@@ -48,6 +49,9 @@ struct JobRouter::State {
   std::unique_ptr<trainer::LetheModel> model;  // frozen backbone; adapters and head are swapped per member
   trainer::S3TServing serving;
   double input_scale = 1.0;  // dataset units -> model inputs (uint8 pixels are scaled to [0, 1])
+  // Opened writable at the first resolve (after every rank has read its share) and kept open:
+  // opening indexes every id, too slow to repeat per batch.
+  std::optional<storage::Dataset> open_dataset;
   // Every rank, when the job has a noisy-GD model.
   std::optional<trainer::NoisyGdModel> noisy;
   trainer::NoisyGdShare share;
@@ -136,9 +140,18 @@ fs::path JobRouter::dataset_path() const { return state_->dataset; }
 bool JobRouter::has_s3t() const { return state_->partition.has_value(); }
 bool JobRouter::has_noisy_gd() const { return state_->noisy.has_value(); }
 
+storage::Dataset& JobRouter::dataset() const {
+  auto& s = *state_;
+  if (!s.open_dataset) s.open_dataset.emplace(storage::Dataset::open(s.dataset, /*writable=*/true));
+  return *s.open_dataset;
+}
+
 std::vector<ResolvedRecord> JobRouter::resolve(const DeletionRequest& request) const {
-  const auto dataset = storage::Dataset::open(state_->dataset);
-  return resolve_records(dataset, request, state_->partition);
+  return resolve_records(dataset(), request, state_->partition);
+}
+
+std::int64_t JobRouter::erase(const std::vector<std::string>& ids) {
+  return static_cast<std::int64_t>(storage::erase_records(dataset(), ids).erased.size());
 }
 
 std::optional<BatchOutcome> JobRouter::committed_batch_of(const std::string& request_id) const {
@@ -300,7 +313,9 @@ void JobRouter::forget_in_shares(const std::vector<std::string>& ids) {
 
 void JobRouter::purge(const std::vector<PurgeTarget>& targets) const {
   storage::CheckpointStore store(job_dir_ / "checkpoints");
-  for (const auto& target : targets) store.purge(target.series, target.version);
+  std::map<std::string, std::vector<int>> by_series;
+  for (const auto& target : targets) by_series[target.series].push_back(target.version);
+  for (const auto& [series, versions] : by_series) store.purge(series, versions);
 }
 
 std::int64_t JobRouter::model_version() const {

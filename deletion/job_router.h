@@ -68,6 +68,10 @@ class JobRouter {
   // are erased only after the commit): every rank drops them from its share, running no steps.
   void forget_in_shares(const std::vector<std::string>& ids);
 
+  // Rank 0. Overwrites the records' feature bytes in the dataset and tombstones them (idempotent);
+  // returns how many were erased now.
+  std::int64_t erase(const std::vector<std::string>& ids);
+
   // Rank 0. Purges the listed checkpoint versions (idempotent: already purged ones are skipped).
   void purge(const std::vector<PurgeTarget>& targets) const;
 
@@ -83,6 +87,9 @@ class JobRouter {
 
  private:
   struct State;
+  // The job's dataset, opened writable once (rank 0).
+  [[nodiscard]] storage::Dataset& dataset() const;
+
   std::filesystem::path job_dir_;
   comm::Communicator* comm_;
   std::unique_ptr<State> state_;

@@ -152,13 +152,31 @@ void install_ingest(CLI::App& app) {
 
 void install_inspect(CLI::App& app) {
   auto file = std::make_shared<std::string>();
-  CLI::App* cmd = app.add_subcommand("inspect", "Print a JSON summary of a Lethe dataset file");
+  auto ids = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand("inspect", "Print a JSON summary of a Lethe dataset file (or its record ids)");
   cmd->add_option("file", *file, "Dataset file")->required();
+  cmd->add_option("--ids", *ids, "Print record ids instead, one per line: live, private (live, not public) or all")
+      ->check(CLI::IsMember({"live", "private", "all"}));
   cmd->footer(
-      "Example:\n  lethe inspect train.h5\n"
+      "Examples:\n  lethe inspect train.h5\n  lethe inspect train.h5 --ids private > deletable.txt\n"
       "Prints records (rows, tombstoned included), live, tombstoned, public (live), classes, label_counts,\n"
       "subjects, feature_shape, feature_type, seed and more.");
-  cmd->callback([file] { print(describe(storage::Dataset::open(*file))); });
+  cmd->callback([file, ids] {
+    const auto dataset = storage::Dataset::open(*file);
+    if (ids->empty()) {
+      print(describe(dataset));
+      return;
+    }
+    storage::RecordFilter filter;
+    if (*ids == "all") filter.include_tombstoned = true;
+    if (*ids == "private") filter.public_records = storage::PublicRecords::exclude;
+    std::string out;
+    for (const auto row : dataset.select(filter)) {
+      out += dataset.id(row);
+      out += '\n';
+    }
+    std::cout << out << std::flush;
+  });
 }
 
 struct EraseArguments {

@@ -221,6 +221,30 @@ TEST_F(NoisyGdJob, SharesPartitionTheLiveNonPublicRecordsAndTheApiRoundTrips) {
   EXPECT_EQ(store.versions(lethe::trainer::kNoisyGdSeries).size(), 2u);
 }
 
+TEST_F(NoisyGdJob, BenchmarkRunsOnTwoRanksWithNothingWrong) {
+  const auto config = write_job("job.yaml", false);
+  ASSERT_EQ(pretrain(config).status, 0);
+  ASSERT_EQ(train(config, dir_ / "run").status, 0);
+  const auto out = dir_ / "bench.json";
+  const auto r = run_command(lethe::test::mpiexec(2) + lethe_cmd() + " bench noisy-gd --job " + (dir_ / "run").string() +
+                             " --deletions 1,200 --json " + out.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("#wrong: 0"), std::string::npos) << r.out;
+  const auto j = json::parse(std::ifstream(out));
+  EXPECT_EQ(j.at("ranks"), 2);
+  EXPECT_EQ(j.at("wrong"), 0) << "1 rank, 2 ranks and the committed model agree bit for bit";
+  EXPECT_GT(j.at("speedup").get<double>(), 0);
+  EXPECT_GT(j.at("test_accuracy").get<double>(), 0.8);
+  ASSERT_EQ(j.at("deletions").size(), 2u);
+  EXPECT_EQ(j.at("deletions")[0].at("route"), "noisy_steps");
+  EXPECT_LT(j.at("deletions")[0].at("unlearning_steps").get<int>(), 60);
+  EXPECT_LE(j.at("deletions")[0].at("epsilon").get<double>(), 1.0);
+  EXPECT_EQ(j.at("deletions")[1].at("route"), "retrain") << "deleting most records costs more than retraining";
+  const auto bad = run_command(lethe_cmd() + " bench noisy-gd --job " + (dir_ / "run").string() + " --deletions 100000");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.out.find("--deletions"), std::string::npos) << bad.out;
+}
+
 TEST_F(NoisyGdJob, JobWithoutNoisyGdSaysSoWhenAskedForItsModel) {
   const auto config = write_job("job.yaml", true);
   std::ofstream(config) << lethe::test::job_config_text({2, 3, 2, 1});  // S3T only

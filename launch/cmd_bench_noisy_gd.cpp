@@ -1,0 +1,270 @@
+// `lethe bench noisy-gd --job DIR`: a trained job's noisy-GD model (DESIGN.md §4) measured in one run:
+// test accuracy, training time on all ranks against rank 0 alone (speed-up), and the wall time of
+// deleting d records (K_U noisy steps) against retraining from scratch; run it under mpirun -np N.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "launch/command_registry.h"
+#include "storage/dataset.h"
+#include "trainer/job_manifest.h"
+#include "trainer/model.h"
+#include "trainer/noisy_gd_job.h"
+#include "trainer/pretrain.h"
+
+namespace lethe::launch {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using trainer::LocalData;
+using trainer::NoisyGdModel;
+
+struct BenchNoisyGdArgs {
+  std::string job;
+  std::string data;  // test records; default: the job config's test_dataset
+  std::vector<std::int64_t> deletions{1, 100};
+  int repetitions = 1;
+  std::string json_path;
+  std::string backend = "mpi";
+};
+
+// The slowest rank's time of `body`, which every rank runs (collectives inside included).
+template <typename Body>
+double timed(comm::Communicator& comm, Body&& body) {
+  comm.barrier();
+  const auto start = std::chrono::steady_clock::now();
+  body();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  comm.allreduce({&seconds, 1, comm::DataType::kFloat64}, comm::ReduceOp::kMax);
+  return seconds;
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const std::size_t mid = values.size() / 2;
+  return values.size() % 2 ? values[mid] : 0.5 * (values[mid - 1] + values[mid]);
+}
+
+// Rows of `data` at offset, offset + step, ...: rank r's share of the whole, as load_noisy_gd_share cuts it.
+LocalData every(const LocalData& data, std::int64_t offset, std::int64_t step) {
+  return {data.features.slice(0, offset, c10::nullopt, step).contiguous(),
+          data.labels.slice(0, offset, c10::nullopt, step).contiguous()};
+}
+
+// This rank's share without the `deleted` records spread evenly over the global order (global index
+// g = k * world + rank of local row k; every (n / deleted)-th from 0 is deleted).
+LocalData without(const LocalData& share, std::int64_t n, std::int64_t deleted, int rank, int world) {
+  const std::int64_t stride = n / deleted;
+  std::vector<std::int64_t> keep;
+  for (std::int64_t k = 0; k < share.labels.size(0); ++k) {
+    const std::int64_t g = k * world + rank;
+    if (!(g % stride == 0 && g / stride < deleted)) keep.push_back(k);
+  }
+  const auto index = torch::tensor(keep, torch::kInt64);
+  return {share.features.index_select(0, index).contiguous(), share.labels.index_select(0, index).contiguous()};
+}
+
+// The 1-minute load average (Linux), to read timings of a shared machine by; -1 where unknown.
+double load_average() {
+  std::ifstream in("/proc/loadavg");
+  double load = -1;
+  in >> load;
+  return load;
+}
+
+double test_accuracy(const NoisyGdModel& model, const LocalData& test) {
+  if (test.labels.size(0) == 0) return 0.0;
+  return model.predict(test.features).eq(test.labels).to(torch::kFloat64).mean().item<double>();
+}
+
+// The test records through the job's backbone (rank 0 only).
+LocalData test_data(const fs::path& job, const json& manifest, const std::string& data_arg) {
+  std::string path = data_arg;
+  if (path.empty()) path = manifest.at("config").value("test_dataset", "");
+  if (path.empty()) throw std::invalid_argument("no test data: pass --data FILE or set test_dataset in the job config");
+  trainer::LetheModel backbone(trainer::model_config_from_json(manifest.at("model")), 0);
+  trainer::load_backbone(backbone, job / manifest.value("backbone", "backbone.h5"));
+  const auto dataset = storage::Dataset::open(path);
+  const auto records = trainer::read_records(dataset, dataset.select(storage::RecordFilter{}), backbone.config());
+  return {trainer::noisy_gd_features(backbone, records.inputs, 1024), records.labels};
+}
+
+void run(const BenchNoisyGdArgs& args) {
+  if (args.repetitions < 1) throw std::invalid_argument("--repetitions must be at least 1");
+  for (const auto d : args.deletions)
+    if (d < 1) throw std::invalid_argument("--deletions: every count must be at least 1");
+  auto comm = comm::make_communicator(args.backend);
+  const double load_before = load_average();
+  const int rank = comm->rank();
+  const int world = comm->size();
+  const fs::path job = args.job;
+  const json manifest = trainer::read_job_manifest(job);
+  const NoisyGdModel committed = trainer::load_job_noisy_gd_model(job, *comm);
+  const trainer::NoisyGdConfig config = committed.config();
+
+  // Rank 0 holds every record for the one-rank runs; its share of the world is every world-th row.
+  auto solo = comm->split(rank == 0 ? 0 : -1, 0);
+  trainer::NoisyGdShare whole;
+  LocalData share;
+  const double feature_seconds = timed(*comm, [&] {
+    if (rank == 0) {
+      whole = trainer::load_noisy_gd_share(job, *solo);
+      share = every(whole.data, 0, world);
+    } else {
+      share = trainer::load_noisy_gd_share(job, *comm).data;
+    }
+  });
+  std::int64_t n = share.labels.size(0);
+  comm->allreduce({&n, 1, comm::DataType::kInt64}, comm::ReduceOp::kSum);
+  if (n < 2) throw std::invalid_argument(job.string() + ": the noisy-GD training set has " + std::to_string(n) + " records");
+  for (const auto d : args.deletions)
+    if (d >= n) throw std::invalid_argument("--deletions: " + std::to_string(d) + " is not below n = " + std::to_string(n));
+  LocalData test;
+  if (rank == 0) test = test_data(job, manifest, args.data);
+
+  // Training from scratch on all ranks and on rank 0 alone, alternately; the weights must agree
+  // with each other and, on unchanged data, with the committed model.
+  int wrong = 0;
+  std::vector<double> world_seconds, solo_seconds;
+  std::optional<NoisyGdModel> trained;
+  for (int rep = 0; rep < args.repetitions; ++rep) {
+    NoisyGdModel model(config, *comm);
+    world_seconds.push_back(timed(*comm, [&] { model.train(share); }));
+    if (world > 1) {
+      double seconds = 0;
+      if (rank == 0) {
+        NoisyGdModel alone(config, *solo);
+        const auto start = std::chrono::steady_clock::now();
+        alone.train(whole.data);
+        seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        wrong += torch::equal(alone.weights(), model.weights()) ? 0 : 1;
+      }
+      comm->allreduce({&seconds, 1, comm::DataType::kFloat64}, comm::ReduceOp::kMax);
+      solo_seconds.push_back(seconds);
+    }
+    trained.emplace(std::move(model));
+  }
+  const bool same_data = n == committed.accountant().current_n();
+  if (same_data && rank == 0) wrong += torch::equal(trained->weights(), committed.weights()) ? 0 : 1;
+  const double accuracy = rank == 0 ? test_accuracy(*trained, test) : 0.0;
+
+  json deletions = json::array();
+  for (const auto d : args.deletions) {
+    const LocalData remaining = without(share, n, d, rank, world);
+    NoisyGdModel model = trainer::load_job_noisy_gd_model(job, *comm);
+    if (!same_data) model = *trained;  // the data changed since training: start from this run's model
+    trainer::DeletionReceipt receipt;
+    const double delete_seconds = timed(*comm, [&] { receipt = model.delete_records(remaining); });
+    NoisyGdModel retrained(config, *comm);
+    const double retrain_seconds = timed(*comm, [&] { retrained.train(remaining); });
+    deletions.push_back({{"deleted", d},
+                         {"route", receipt.retrained ? "retrain" : "noisy_steps"},
+                         {"unlearning_steps", receipt.unlearning_steps},
+                         {"steps_run", receipt.steps_run},
+                         {"epsilon", receipt.epsilon},
+                         {"delta", receipt.delta},
+                         {"delete_seconds", delete_seconds},
+                         {"retrain_seconds", retrain_seconds},
+                         {"speedup", retrain_seconds / delete_seconds},
+                         {"accuracy_after_delete", rank == 0 ? test_accuracy(model, test) : 0.0},
+                         {"accuracy_retrained", rank == 0 ? test_accuracy(retrained, test) : 0.0}});
+  }
+  comm->allreduce({&wrong, 1, comm::DataType::kInt32}, comm::ReduceOp::kSum);
+  if (rank != 0) return;
+  const double load_after = load_average();
+
+  const auto& p = config.params;
+  const double t_world = median(world_seconds);
+  json out = {{"job_dir", job.string()},
+              {"ranks", world},
+              {"records", n},
+              {"features", config.num_features},
+              {"classes", config.num_classes},
+              {"params", {{"lambda", p.lambda}, {"eta", p.eta}, {"sigma", p.sigma}, {"clip", p.clip}}},
+              {"train_steps", config.train_steps},
+              {"target_epsilon", config.target_epsilon},
+              {"delta", committed.accountant().delta()},
+              {"test_records", test.labels.size(0)},
+              {"test_accuracy", accuracy},
+              {"feature_seconds", feature_seconds},
+              {"train_seconds", {{"ranks", world}, {"all", world_seconds}, {"median", t_world}}},
+              {"deletions", deletions},
+              {"wrong", wrong},
+              {"load_average", {{"before", load_before}, {"after", load_after}}}};
+  std::printf("# lethe bench noisy-gd: %s, %d rank(s), n = %lld records, %lld features, %lld classes\n",
+              job.string().c_str(), world, static_cast<long long>(n), static_cast<long long>(config.num_features),
+              static_cast<long long>(config.num_classes));
+  std::printf("# lambda %g, eta %g, sigma %g, clip %g, %lld training steps; each deletion certifies epsilon %g, delta %.3g\n",
+              p.lambda, p.eta, p.sigma, p.clip, static_cast<long long>(config.train_steps), config.target_epsilon,
+              committed.accountant().delta());
+  std::printf("# test accuracy %.4f on %lld records; features (backbone pass) %.1f s; load average %.2f before, %.2f after\n#\n",
+              accuracy, static_cast<long long>(test.labels.size(0)), feature_seconds, load_before, load_after);
+  std::printf("# training from scratch (all ranks, then rank 0 alone, alternately), median of %d runs\n", args.repetitions);
+  std::printf("%8s %10s %9s\n", "ranks", "train_s", "speedup");
+  if (world > 1) {
+    const double t_solo = median(solo_seconds);
+    std::printf("%8d %10.2f %9s\n", 1, t_solo, "1.00");
+    std::printf("%8d %10.2f %8.2fx\n", world, t_world, t_solo / t_world);
+    out["train_seconds"]["one_rank"] = {{"all", solo_seconds}, {"median", t_solo}};
+    out["speedup"] = t_solo / t_world;
+  } else {
+    std::printf("%8d %10.2f %9s\n", world, t_world, "-");
+  }
+  std::printf("#\n# one deletion (K_U noisy steps, or a retrain when cheaper) against retraining from scratch, %d rank(s)\n",
+              world);
+  std::printf("%8s %12s %6s %9s %10s %11s %9s %10s %10s\n", "deleted", "route", "K_U", "epsilon", "delete_s",
+              "retrain_s", "speedup", "acc_del", "acc_retr");
+  for (const auto& d : deletions)
+    std::printf("%8lld %12s %6lld %9.4f %10.3f %11.2f %8.1fx %10.4f %10.4f\n", d.at("deleted").get<long long>(),
+                d.at("route").get<std::string>().c_str(), d.at("unlearning_steps").get<long long>(),
+                d.at("epsilon").get<double>(), d.at("delete_seconds").get<double>(),
+                d.at("retrain_seconds").get<double>(), d.at("speedup").get<double>(),
+                d.at("accuracy_after_delete").get<double>(), d.at("accuracy_retrained").get<double>());
+  std::printf("# #wrong: %d (models trained on 1 and %d ranks%s that differ in any bit)\n", wrong, world,
+              same_data ? " and the committed model" : "");
+  std::fflush(stdout);
+  if (!args.json_path.empty()) {
+    std::ofstream file(args.json_path);
+    if (!file) throw std::runtime_error("--json: cannot write " + args.json_path);
+    file << out.dump(2) << "\n";
+  }
+}
+
+void install(CLI::App& app) {
+  CLI::App& bench_group = subcommand_group(app, "bench", "Benchmarks; results and commands in docs/BENCHMARKS.md");
+  auto args = std::make_shared<BenchNoisyGdArgs>();
+  CLI::App* command = bench_group.add_subcommand(
+      "noisy-gd", "A job's noisy-GD model: accuracy, training speed-up over ranks, deletion vs retraining time");
+  command->footer(
+      "Example (bench/noisy_gd/run.sh does all of it on Fashion-MNIST):\n"
+      "  mpirun -np 2 lethe train --config launch/examples/fashion_noisy_gd.yaml\n"
+      "  mpirun -np 2 lethe bench noisy-gd --job runs/fashion-noisy-gd --deletions 1,100 --json noisy_gd.json");
+  command->add_option("--job", args->job, "Job directory with a trained noisy-GD model (`lethe train`)")->required();
+  command->add_option("--data", args->data, "Test dataset for accuracy (default: the config's test_dataset)");
+  command->add_option("--deletions", args->deletions, "Numbers of records to delete at once, each timed")
+      ->delimiter(',')
+      ->capture_default_str();
+  command->add_option("--repetitions", args->repetitions, "Training runs per rank count (median reported)")
+      ->capture_default_str();
+  command->add_option("--json", args->json_path, "Also write the results as JSON to this file (rank 0)");
+  command->add_option("--backend", args->backend, "Communicator backend: mpi or nccl")->capture_default_str();
+  command->callback([args] { run(*args); });
+}
+
+const CommandRegistration registration{92, install};
+
+}  // namespace
+}  // namespace lethe::launch

@@ -13,6 +13,7 @@
 #include "comm/in_process.h"
 #include "storage/checkpoint_store.h"
 #include "storage/dataset.h"
+#include "test_noisy_gd_fixtures.h"
 #include "trainer/job_manifest.h"
 #include "trainer/noisy_gd_job.h"
 
@@ -260,6 +261,55 @@ TEST_F(NoisyGdJob, JobWithoutNoisyGdSaysSoWhenAskedForItsModel) {
   const auto e = run_command(lethe_cmd() + " eval --job " + (dir_ / "run").string());
   ASSERT_EQ(e.status, 0) << e.out;
   EXPECT_EQ(json_of(e).at("models").size(), 1u);
+}
+
+// The gradient sums are exact, so any split of the records over ranks, round-robin or contiguous,
+// uneven or with an empty rank, trains the same bits (the S3T digests' guarantee, for noisy GD).
+TEST(NoisyGdExactSums, BitIdenticalModelsForAnySplitOverRanks) {
+  namespace fixtures = lethe::trainer::testing;
+  const auto data = fixtures::synthetic_data(203, 41, 0.2);
+  auto one = lethe::comm::make_in_process_world(1);
+  lethe::trainer::NoisyGdModel reference(fixtures::small_config(3), *one.front());
+  reference.train(data);
+  for (const int world : {2, 3, 5}) {
+    for (const bool round_robin : {true, false}) {
+      std::vector<at::Tensor> weights(static_cast<std::size_t>(world));
+      lethe::comm::run_in_process(world, [&](lethe::comm::Communicator& comm) {
+        // 203 rows: every split is uneven.
+        const auto share = round_robin ? lethe::trainer::LocalData{data.features.slice(0, comm.rank(), c10::nullopt, world).contiguous(),
+                                                                   data.labels.slice(0, comm.rank(), c10::nullopt, world).contiguous()}
+                                       : fixtures::share_of(data, comm.rank(), world);
+        lethe::trainer::NoisyGdModel model(fixtures::small_config(3), comm);
+        model.train(share);
+        weights[static_cast<std::size_t>(comm.rank())] = model.weights().clone();
+      });
+      for (const auto& w : weights)
+        EXPECT_TRUE(torch::equal(w, reference.weights())) << world << " ranks, round robin " << round_robin;
+    }
+  }
+  // A rank without records still takes part in every step.
+  std::vector<at::Tensor> weights(2);
+  lethe::comm::run_in_process(2, [&](lethe::comm::Communicator& comm) {
+    const auto share = comm.rank() == 0 ? data : fixtures::rows_of(data, 0, 0);
+    lethe::trainer::NoisyGdModel model(fixtures::small_config(3), comm);
+    model.train(share);
+    weights[static_cast<std::size_t>(comm.rank())] = model.weights().clone();
+  });
+  EXPECT_TRUE(torch::equal(weights[1], reference.weights()));
+}
+
+TEST(NoisyGdExactSums, FeaturesOutsideTheUnitBallAreRefused) {
+  namespace fixtures = lethe::trainer::testing;
+  auto one = lethe::comm::make_in_process_world(1);
+  lethe::trainer::NoisyGdModel model(fixtures::small_config(3), *one.front());
+  auto data = fixtures::synthetic_data(20, 1);
+  data.features = data.features * 3.0;  // not from normalize_features: |x| > 1 breaks the bound M
+  try {
+    (void)model.full_gradient(data);
+    FAIL() << "a gradient on unnormalized features";
+  } catch (const lethe::trainer::NoisyGdError& e) {
+    EXPECT_NE(std::string(e.what()).find("normalize_features"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

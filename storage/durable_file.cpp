@@ -1,6 +1,7 @@
 #include "storage/durable_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -62,8 +63,8 @@ void commit_file(const std::filesystem::path& written, const std::filesystem::pa
 
 namespace {
 
-// Overwrites every byte of `path` with zeros and fsyncs it.
-void zero_file(const std::filesystem::path& path) {
+// Overwrites every byte of `path` with zeros; `sync`: and fsyncs it.
+void zero_file(const std::filesystem::path& path, bool sync) {
   Fd fd(path, O_WRONLY);
   const off_t size = ::lseek(fd.get(), 0, SEEK_END);
   if (size < 0) throw StorageError("cannot size '" + path.string() + "': " + errno_text());
@@ -75,7 +76,7 @@ void zero_file(const std::filesystem::path& path) {
     if (w <= 0) throw StorageError("cannot overwrite '" + path.string() + "': " + errno_text());
     done += w;
   }
-  fsync_fd(fd, path);
+  if (sync) fsync_fd(fd, path);
 }
 
 }  // namespace
@@ -83,9 +84,26 @@ void zero_file(const std::filesystem::path& path) {
 void shred_file(const std::filesystem::path& path) { shred_files({path}); }
 
 void shred_files(const std::vector<std::filesystem::path>& paths) {
+  if (paths.empty()) return;
+  // Several files: overwrite them all, then one syncfs() flushes them together (one device flush
+  // instead of one per file: a deletion batch may purge dozens of checkpoints).
+  const bool together = paths.size() > 1;
+  for (const auto& path : paths) zero_file(path, !together);
+  if (together) {
+    // One syncfs per file system the files live on (normally one: the job directory's).
+    std::set<dev_t> synced;
+    for (const auto& path : paths) {
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0) throw StorageError("cannot stat '" + path.string() + "': " + errno_text());
+      if (!synced.insert(st.st_dev).second) continue;
+      Fd fd(path, O_RDONLY);
+      if (::syncfs(fd.get()) != 0)
+        throw StorageError("syncfs after overwriting '" + path.string() + "' failed: " + errno_text() +
+                           " (the disk may be full or failing; the files are still in place, retry)");
+    }
+  }
   std::set<std::filesystem::path> directories;
   for (const auto& path : paths) {
-    zero_file(path);
     if (::unlink(path.c_str()) != 0) throw StorageError("cannot remove '" + path.string() + "': " + errno_text());
     directories.insert(path.parent_path());
   }

@@ -2,112 +2,40 @@
 // resume, eval; and the bad inputs of issue 4 (missing dataset, corrupt checkpoint, backbone mismatch).
 #include <gtest/gtest.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <nlohmann/json.hpp>
-#include <random>
-#include <sstream>
 #include <string>
 
 #include "storage/checkpoint_store.h"
+#include "tests/trainer/cli_job_fixture.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using lethe::test::json_of;
+using lethe::test::lethe_cmd;
+using lethe::test::snapshot;
 
 namespace {
 
-struct Result {
-  int status = 0;
-  std::string out;  // stdout and stderr
-};
+using Result = lethe::test::CommandResult;
+Result sh(const std::string& command) { return lethe::test::run_command(command); }
 
-Result sh(const std::string& command) {
-  Result r;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  std::array<char, 4096> buffer{};
-  while (fgets(buffer.data(), buffer.size(), pipe)) r.out += buffer.data();
-  const int status = pclose(pipe);
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+std::string config_text(const fs::path& /*dir*/, int shards, int slices, int sequences) {
+  return lethe::test::job_config_text(lethe::test::JobShape{shards, slices, sequences, 2});
 }
 
-json json_of(const Result& r) {
-  const auto at = r.out.find("\n{");
-  const auto start = r.out.rfind('{', 0) == 0 ? 0 : (at == std::string::npos ? std::string::npos : at + 1);
-  if (start == std::string::npos) throw std::runtime_error("no JSON in output:\n" + r.out);
-  return json::parse(r.out.substr(start));
-}
-
-std::string lethe_cmd() { return std::string(LETHE_BINARY) + " --log-level warn"; }
-
-// Three classes of 6x6 uint8 images: each class brightens its own band of rows.
-void write_csv(const fs::path& path, int records, std::uint32_t seed, const std::string& prefix) {
-  std::ofstream out(path);
-  out << "id,label";
-  for (int f = 0; f < 36; ++f) out << ",f" << f;
-  out << "\n";
-  std::mt19937 engine(seed);
-  std::uniform_int_distribution<int> noise(0, 90);
-  for (int r = 0; r < records; ++r) {
-    const int label = r % 3;
-    out << prefix << r << "," << label;
-    for (int f = 0; f < 36; ++f) out << "," << noise(engine) + ((f / 6) / 2 == label ? 150 : 0);
-    out << "\n";
-  }
-}
-
-std::string config_text(const fs::path& dir, int shards, int slices, int sequences) {
-  std::ostringstream y;
-  y << "dataset: train.h5\ntest_dataset: test.h5\nbackbone: backbone.h5\njob_dir: run\nseed: 11\n"
-    << "s3t: {shards: " << shards << ", slices: " << slices << ", sequences: " << sequences << "}\n"
-    << "model: {architecture: mlp, widths: [32, 24, 16], lora_rank: 2, lora_alpha: 4, num_classes: 3}\n"
-    << "training: {epochs: 2, batch_size: 16, learning_rate: 0.005}\n"
-    << "pretrain: {epochs: 4, batch_size: 16, learning_rate: 0.005}\n";
-  (void)dir;
-  return y.str();
-}
-
-class TrainCli : public ::testing::Test {
+// The shared CLI fixture (tiny CSV dataset, 360 training records, 30% public), with configs as text.
+class TrainCli : public lethe::test::CliJobTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("lethe_train_cli_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    write_csv(dir_ / "train.csv", 360, 1, "tr");
-    write_csv(dir_ / "test.csv", 150, 2, "te");
-    const auto ingest = lethe_cmd() + " ingest --format csv --id-column id --feature-type uint8 --feature-shape 6x6 --seed 3 ";
-    ASSERT_EQ(sh(ingest + "--csv " + (dir_ / "train.csv").string() + " --out " + (dir_ / "train.h5").string() +
-                 " --public-fraction 0.3").status, 0);
-    ASSERT_EQ(sh(ingest + "--csv " + (dir_ / "test.csv").string() + " --out " + (dir_ / "test.h5").string()).status, 0);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   fs::path write_config(const std::string& name, const std::string& text) {
     std::ofstream(dir_ / name) << text;
     return dir_ / name;
   }
-  Result pretrain(const fs::path& config) { return sh(lethe_cmd() + " pretrain --config " + config.string()); }
   Result train(const fs::path& config, const fs::path& job, const std::string& extra = "") {
-    return sh(lethe_cmd() + " train --config " + config.string() + " --job " + job.string() + " " + extra);
+    return CliJobTest::train(config, job, 1, extra);
   }
-
-  fs::path dir_;
 };
-
-// Content of every file under `root`, to prove a failed command changed nothing.
-std::map<std::string, std::string> snapshot(const fs::path& root) {
-  std::map<std::string, std::string> files;
-  for (const auto& e : fs::recursive_directory_iterator(root)) {
-    if (!e.is_regular_file()) continue;
-    std::ifstream in(e.path(), std::ios::binary);
-    files[e.path().string()] = std::string(std::istreambuf_iterator<char>(in), {});
-  }
-  return files;
-}
 
 }  // namespace
 

@@ -247,32 +247,46 @@ std::vector<std::string> read_lines(int fd, std::size_t wanted, std::string& par
   return lines;
 }
 
+// A child process that runs `body(write_fd)` and exits; the parent gets its pid and the pipe's
+// read end. Whatever `body` throws ends the child with status 3 (the parent sees it wasn't killed).
+struct Child {
+  pid_t pid;
+  int read_fd;
+};
+template <typename Body>
+Child fork_acknowledging_child(Body&& body) {
+  int pipe_fds[2];
+  if (::pipe(pipe_fds) != 0) throw std::runtime_error("pipe failed");
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    ::close(pipe_fds[0]);
+    try {
+      body(pipe_fds[1]);
+    } catch (...) {
+    }
+    ::_exit(3);
+  }
+  ::close(pipe_fds[1]);
+  return {pid, pipe_fds[0]};
+}
+
 TEST(Ledger, AcknowledgedRequestSurvivesSigkillRightAfterSubmit) {
   const auto path = ledger_in("sigkill_each");
   std::vector<std::pair<std::string, std::string>> acknowledged;  // request id, record id
   for (int round = 0; round < 5; ++round) {
-    int pipe_fds[2];
-    ASSERT_EQ(::pipe(pipe_fds), 0);
-    const pid_t child = ::fork();
-    ASSERT_GE(child, 0);
-    if (child == 0) {
-      ::close(pipe_fds[0]);
-      try {
-        Ledger ledger(path);
-        const std::string record = "round-" + std::to_string(round);
-        const auto result = ledger.submit({record}, std::nullopt, "key-" + std::to_string(round));
-        write_line(pipe_fds[1], result.request.id + " " + record + "\n");
-        ::raise(SIGKILL);  // no destructor, no checkpoint, no clean close
-      } catch (...) {
-      }
-      ::_exit(3);
-    }
-    ::close(pipe_fds[1]);
+    const auto child = fork_acknowledging_child([&](int write_fd) {
+      Ledger ledger(path);
+      const std::string record = "round-" + std::to_string(round);
+      const auto result = ledger.submit({record}, std::nullopt, "key-" + std::to_string(round));
+      write_line(write_fd, result.request.id + " " + record + "\n");
+      ::raise(SIGKILL);  // no destructor, no checkpoint, no clean close
+    });
     std::string partial;
-    const auto lines = read_lines(pipe_fds[0], 1, partial);
-    ::close(pipe_fds[0]);
+    const auto lines = read_lines(child.read_fd, 1, partial);
+    ::close(child.read_fd);
     int status = 0;
-    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_EQ(::waitpid(child.pid, &status, 0), child.pid);
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the child failed before it was killed";
     ASSERT_EQ(lines.size(), 1u);
     const auto space = lines[0].find(' ');
@@ -291,34 +305,24 @@ TEST(Ledger, AcknowledgedRequestSurvivesSigkillRightAfterSubmit) {
 
 TEST(Ledger, AcknowledgedRequestsSurviveSigkillInTheMiddleOfABurst) {
   const auto path = ledger_in("sigkill_burst");
-  int pipe_fds[2];
-  ASSERT_EQ(::pipe(pipe_fds), 0);
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    ::close(pipe_fds[0]);
-    try {
-      Ledger ledger(path);
-      for (int i = 0; i < 100000; ++i) {
-        const std::string record = "burst-" + std::to_string(i);
-        const auto result = i % 3 == 0 ? ledger.submit({}, record, std::nullopt)
-                                       : ledger.submit({record, record + "-b"}, std::nullopt, "k" + std::to_string(i));
-        write_line(pipe_fds[1], result.request.id + " " + record + "\n");
-      }
-    } catch (...) {
+  const auto child = fork_acknowledging_child([&](int write_fd) {
+    Ledger ledger(path);
+    for (int i = 0; i < 100000; ++i) {
+      const std::string record = "burst-" + std::to_string(i);
+      const auto result = i % 3 == 0 ? ledger.submit({}, record, std::nullopt)
+                                     : ledger.submit({record, record + "-b"}, std::nullopt, "k" + std::to_string(i));
+      write_line(write_fd, result.request.id + " " + record + "\n");
     }
-    ::_exit(3);
-  }
-  ::close(pipe_fds[1]);
+  });
   std::string partial;
-  auto lines = read_lines(pipe_fds[0], 40, partial);
-  ASSERT_EQ(::kill(child, SIGKILL), 0);
+  auto lines = read_lines(child.read_fd, 40, partial);
+  ASSERT_EQ(::kill(child.pid, SIGKILL), 0);
   int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_EQ(::waitpid(child.pid, &status, 0), child.pid);
   ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the child ended before it was killed";
   // Acknowledgements already in the pipe when the child died count too.
-  for (auto& line : read_lines(pipe_fds[0], SIZE_MAX, partial)) lines.push_back(std::move(line));
-  ::close(pipe_fds[0]);
+  for (auto& line : read_lines(child.read_fd, SIZE_MAX, partial)) lines.push_back(std::move(line));
+  ::close(child.read_fd);
   ASSERT_GE(lines.size(), 40u);
   EXPECT_TRUE(partial.empty()) << "a torn acknowledgement: " << partial;
 

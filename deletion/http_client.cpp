@@ -3,19 +3,12 @@
 #include <poll.h>
 
 #include <algorithm>
-#include <boost/asio.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <cctype>
 #include <charconv>
 
-namespace lethe::http {
+#include "deletion/http_beast.h"
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace bhttp = boost::beast::http;
-using tcp = asio::ip::tcp;
-using boost::system::error_code;
+namespace lethe::http {
 
 namespace {
 

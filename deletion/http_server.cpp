@@ -5,9 +5,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
-#include <boost/asio.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <condition_variable>
 #include <future>
 #include <limits>
@@ -16,14 +13,9 @@
 #include <unordered_map>
 
 #include "deletion/http_auth.h"
+#include "deletion/http_beast.h"
 
 namespace lethe::http {
-
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace bhttp = boost::beast::http;
-using tcp = asio::ip::tcp;
-using boost::system::error_code;
 
 namespace {
 

@@ -131,13 +131,10 @@ storage::CheckpointInfo commit_noisy_gd_model(const NoisyGdModel& model, const f
 NoisyGdRunReport run_noisy_gd_job(const S3TJobSpec& job, const NoisyGdJobSpec& spec, comm::Communicator& comm,
                                   bool resume, bool job_dir_prepared) {
   const auto start = std::chrono::steady_clock::now();
-  check_device(job.device, job.config_file);
+  const auto layout = open_job_dataset(job).layout();
   torch::set_num_threads(job.threads);
-  if (!fs::exists(job.dataset))
-    throw std::invalid_argument(job.config_file.string() + ": dataset: " + job.dataset.string() +
-                                " does not exist; ingest it first (`lethe ingest ...`) or fix the path");
   ModelConfig model_config = job.model;
-  set_input_shape(model_config, storage::Dataset::open(job.dataset).layout());
+  set_input_shape(model_config, layout);
   validate(model_config);
   NoisyGdConfig config;
   config.params = spec.params;

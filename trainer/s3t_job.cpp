@@ -5,6 +5,8 @@
 #include <chrono>
 #include <fstream>
 #include <functional>
+#include <algorithm>
+#include <limits>
 #include <map>
 #include <sstream>
 
@@ -216,17 +218,50 @@ S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, bool 
   return run_s3t_job(spec, comm, S3TRunOptions{resume, {}});
 }
 
-S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, const S3TRunOptions& options) {
-  const bool resume = options.resume;
-  const auto start = std::chrono::steady_clock::now();
+storage::Dataset open_job_dataset(const S3TJobSpec& spec) {
   check_device(spec.device, spec.config_file);
-  torch::set_num_threads(spec.threads);
-  const torch::Device device(spec.device == "cuda" ? torch::kCUDA : torch::kCPU);
   if (!fs::exists(spec.dataset)) {
     throw std::invalid_argument(spec.config_file.string() + ": dataset: " + spec.dataset.string() +
                                 " does not exist; ingest it first (`lethe ingest ...`) or fix the path");
   }
-  const auto dataset = storage::Dataset::open(spec.dataset);
+  return storage::Dataset::open(spec.dataset);
+}
+
+JobInputsReport check_job_inputs(const S3TJobSpec& spec, bool s3t) {
+  const auto dataset = open_job_dataset(spec);
+  JobInputsReport report;
+  report.records = dataset.size();
+  report.live_records = dataset.size() - dataset.tombstoned_count();
+  storage::RecordFilter filter;
+  filter.public_records = storage::PublicRecords::exclude;
+  report.trainable_records = dataset.select(filter).size();
+  if (report.trainable_records == 0) {
+    throw std::invalid_argument(spec.config_file.string() + ": dataset: " + dataset.path().string() +
+                                " has no live non-public records to train on; ingest with a --public-fraction below 1");
+  }
+  report.model = spec.model;
+  report.model.sites = s3t ? spec.slices : 1;
+  set_input_shape(report.model, dataset.layout());
+  validate(report.model);
+  if (s3t) {
+    report.fewest_slice_records = std::numeric_limits<int>::max();
+    for (const auto& shard : assign_records(dataset, spec)) {
+      std::vector<int> counts(static_cast<std::size_t>(spec.slices), 0);
+      for (const auto slice : shard.slice_of_record) ++counts[static_cast<std::size_t>(slice)];
+      report.fewest_slice_records = std::min(report.fewest_slice_records, *std::min_element(counts.begin(), counts.end()));
+    }
+  }
+  LetheModel prototype(report.model, 0);
+  load_backbone(prototype, spec.backbone);
+  return report;
+}
+
+S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, const S3TRunOptions& options) {
+  const bool resume = options.resume;
+  const auto start = std::chrono::steady_clock::now();
+  const auto dataset = open_job_dataset(spec);
+  torch::set_num_threads(spec.threads);
+  const torch::Device device(spec.device == "cuda" ? torch::kCUDA : torch::kCPU);
   ModelConfig model_config = spec.model;
   model_config.sites = spec.slices;
   set_input_shape(model_config, dataset.layout());

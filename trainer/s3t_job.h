@@ -15,6 +15,10 @@
 #include "trainer/model_config.h"
 #include "trainer/s3t_plan.h"
 
+namespace lethe::storage {
+class Dataset;  // storage/dataset.h
+}  // namespace lethe::storage
+
 namespace lethe::trainer {
 
 // Everything a run needs, resolved from the job config (launch/job_config.h converts).
@@ -104,5 +108,23 @@ struct EvalResult {
 
 // Fails with a clear message when `device` is "cuda" and libtorch sees no CUDA device.
 void check_device(const std::string& device, const std::filesystem::path& config_file);
+
+// The job's dataset, opened read-only after check_device(): an error naming the config's `dataset:`
+// key when the file does not exist.
+[[nodiscard]] storage::Dataset open_job_dataset(const S3TJobSpec& spec);
+
+// What check_job_inputs found: the dataset's records and the model's input shape.
+struct JobInputsReport {
+  std::uint64_t records = 0;          // rows, tombstoned included
+  std::uint64_t live_records = 0;
+  std::uint64_t trainable_records = 0;  // live and not public: what S3T and noisy GD train on
+  int fewest_slice_records = 0;       // S3T: the smallest (shard, slice) of the assignment; 0 without S3T
+  ModelConfig model;                  // with the dataset's input shape
+};
+
+// Everything a run checks before it trains, without writing anything: the device, the dataset
+// (exists, is a Lethe dataset, and with `s3t` has a record in every shard x slice) and the backbone
+// (exists and matches the model). Throws the same errors run_s3t_job / run_noisy_gd_job would.
+[[nodiscard]] JobInputsReport check_job_inputs(const S3TJobSpec& spec, bool s3t);
 
 }  // namespace lethe::trainer

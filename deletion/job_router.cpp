@@ -333,19 +333,20 @@ std::vector<int> JobRouter::live_depths() const {
   return depths;
 }
 
-json JobRouter::models_json() const {
-  std::lock_guard lock(mutex_);
-  const auto& s = *state_;
+json models_json(const fs::path& job_dir, const json& manifest) {
   json models = json::array();
-  const auto version = s.manifest.value("model_version", std::int64_t{0});
-  if (s.partition) {
+  const auto version = manifest.value("model_version", std::int64_t{0});
+  if (manifest.contains("shards") && !manifest["shards"].empty()) {
     json shards = json::array();
     int live = 0;
-    for (std::size_t k = 0; k < s.plans.size(); ++k) {
-      const auto choice = trainer::serving_choice(s.plans[k]);
+    int slices = 0;
+    for (std::size_t k = 0; k < manifest["shards"].size(); ++k) {
+      const auto plan = trainer::shard_plan_from_json(manifest["shards"][k].at("plan"), "manifest.shards.plan");
+      slices = plan.slices;
+      const auto choice = trainer::serving_choice(plan);
       json sequences = json::array();
-      for (std::size_t b = 0; b < s.plans[k].sequences.size(); ++b) {
-        sequences.push_back({{"sequence", b}, {"surviving_prefix", s.plans[k].sequences[b].surviving_prefix}});
+      for (std::size_t b = 0; b < plan.sequences.size(); ++b) {
+        sequences.push_back({{"sequence", b}, {"surviving_prefix", plan.sequences[b].surviving_prefix}});
       }
       live += choice ? 1 : 0;
       shards.push_back({{"shard", k},
@@ -357,19 +358,25 @@ json JobRouter::models_json() const {
     models.push_back({{"name", "s3t"},
                       {"route", "slice_deactivation"},
                       {"version", version},
-                      {"slices", s.partition->slices},
+                      {"slices", slices},
                       {"live_shards", live},
                       {"shards", shards},
-                      {"retrain_pending", s.manifest.value("retrain_pending", json::array())}});
+                      {"retrain_pending", manifest.value("retrain_pending", json::array())}});
   }
-  if (s.noisy) {
+  if (manifest.contains("noisy_gd")) {
+    const auto& noisy = manifest["noisy_gd"];
     models.push_back({{"name", "noisy_gd"},
                       {"route", "noisy_gd"},
-                      {"version", s.manifest.at("noisy_gd").value("version", 0)},
-                      {"records", s.manifest.at("noisy_gd").value("records", std::int64_t{0})},
-                      {"steps_taken", s.noisy->steps_taken()}});
+                      {"version", noisy.value("version", 0)},
+                      {"records", noisy.value("records", std::int64_t{0})},
+                      {"steps_taken", noisy.value("steps_taken", std::int64_t{0})}});
   }
-  return {{"job_dir", job_dir_.string()}, {"model_version", version}, {"models", models}};
+  return {{"job_dir", job_dir.string()}, {"model_version", version}, {"models", models}};
+}
+
+json JobRouter::models_json() const {
+  std::lock_guard lock(mutex_);
+  return deletion::models_json(job_dir_, state_->manifest);
 }
 
 json JobRouter::predict(const json& body) const {

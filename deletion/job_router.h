@@ -34,6 +34,11 @@ struct BatchOutcome {
 [[nodiscard]] nlohmann::json to_json(const BatchOutcome& outcome);
 [[nodiscard]] BatchOutcome batch_outcome_from_json(const nlohmann::json& json);
 
+// GET /v1/models of a job from its manifest alone (no model is loaded, so `lethe status` can call it
+// on a served job): per model its version; S3T's live depth per shard, served sequences, retrain_pending;
+// noisy GD's version, records and steps taken.
+[[nodiscard]] nlohmann::json models_json(const std::filesystem::path& job_dir, const nlohmann::json& manifest);
+
 class JobRouter {
  public:
   // Collective over `comm`: every rank loads the noisy-GD model and its share of the training

@@ -139,8 +139,9 @@ std::string_view to_string(RequestStatus status) {
 
 class Ledger::Database {
  public:
-  explicit Database(const std::filesystem::path& path) : path_(path) {
-    const int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
+  Database(const std::filesystem::path& path, bool read_only) : path_(path) {
+    const int rc = sqlite3_open_v2(path.c_str(), &db_,
+                                   (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_FULLMUTEX, nullptr);
     if (rc != SQLITE_OK) {
       const std::string message = db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
       sqlite3_close_v2(db_);
@@ -359,10 +360,14 @@ void set_pragma(Database& db, const std::string& pragma, std::string_view expect
 
 // ---- Ledger ----
 
-Ledger::Ledger(const std::filesystem::path& path) : path_(path) {
-  create_private_file(path_);
+Ledger::Ledger(const std::filesystem::path& path, Access access) : path_(path) {
+  const bool read_only = access == Access::kReadOnly;
+  if (read_only && !std::filesystem::is_regular_file(path_))
+    throw LedgerError("ledger " + path_.string() + ": does not exist; a job has a ledger once `lethe serve` or "
+                      "`lethe delete --job` has run on it");
+  if (!read_only) create_private_file(path_);
   check_sqlite_header(path_);
-  db_ = std::make_unique<Database>(path_);
+  db_ = std::make_unique<Database>(path_, read_only);
   auto& db = *db_;
   if (const int rc = sqlite3_busy_timeout(db.handle(), kBusyTimeoutMs); rc != SQLITE_OK)
     throw db.error("setting the busy timeout", rc);
@@ -374,6 +379,9 @@ Ledger::Ledger(const std::filesystem::path& path) : path_(path) {
     while (list.step()) tables.insert(list.text(0));
   }
   const bool fresh = tables.empty();
+  if (fresh && read_only)
+    throw LedgerError("ledger " + path_.string() + ": the file is empty, so not yet a Lethe deletion ledger; open it "
+                      "read-write (`lethe serve`, `lethe delete --job`) to create it");
   if (!fresh) {
     const auto not_ledger = [&](const std::string& why) {
       return LedgerError("ledger " + path_.string() + ": this SQLite database is not a Lethe deletion ledger (" + why +
@@ -397,11 +405,13 @@ Ledger::Ledger(const std::filesystem::path& path) : path_(path) {
     if (version < 1) throw not_ledger("schema_version " + std::to_string(version));
   }
 
-  set_pragma(db, "journal_mode=WAL", "wal");
-  set_pragma(db, "synchronous=FULL", "2");
-  set_pragma(db, "secure_delete=ON", "1");
-  set_pragma(db, "foreign_keys=ON", "1");
-  set_pragma(db, "temp_store=MEMORY", "2");  // no temporary files holding copies of rows
+  if (!read_only) {  // a reader's connection keeps what the writer set in the file (WAL)
+    set_pragma(db, "journal_mode=WAL", "wal");
+    set_pragma(db, "synchronous=FULL", "2");
+    set_pragma(db, "secure_delete=ON", "1");
+    set_pragma(db, "foreign_keys=ON", "1");
+    set_pragma(db, "temp_store=MEMORY", "2");  // no temporary files holding copies of rows
+  }
 
   if (fresh) {
     Transaction transaction(db, "creating the ledger schema");

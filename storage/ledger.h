@@ -66,10 +66,14 @@ class Ledger {
  public:
   static constexpr int kSchemaVersion = 1;
 
+  // kReadOnly: a reader beside the job's writer (`lethe status` while `lethe serve` runs; WAL lets
+  // readers in): the file must exist, nothing is created or changed, and every transition fails.
+  enum class Access { kReadWrite, kReadOnly };
+
   // Opens the ledger at `path`, creating it (mode 0600) when the file does not exist or is empty.
   // LedgerError when the file is not a SQLite database, is a database but not a Lethe ledger,
   // or was written by a newer Lethe (schema version above kSchemaVersion).
-  explicit Ledger(const std::filesystem::path& path);
+  explicit Ledger(const std::filesystem::path& path, Access access = Access::kReadWrite);
   ~Ledger();
   Ledger(const Ledger&) = delete;
   Ledger& operator=(const Ledger&) = delete;

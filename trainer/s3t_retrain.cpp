@@ -108,8 +108,9 @@ Preparation prepare_retrain(const S3TJobSpec& spec) {
   return prep;
 }
 
-// The manifest's own check that the retrain did what it promised, before it is committed.
-void finish_retrain(json& manifest, const S3TJobSpec& spec, std::int64_t new_version) {
+// The manifest's own check that the retrain did what it promised, before it is committed; records
+// the retrain as "last_retrain" (when, what, the model version it made) for `lethe status`.
+void finish_retrain(json& manifest, const S3TJobSpec& spec, const Preparation& prep, std::int64_t new_version) {
   for (const auto& shard : manifest.at("shards")) {
     const auto plan = shard_plan_from_json(shard.at("plan"), "manifest.shards.plan");
     for (std::size_t b = 0; b < plan.sequences.size(); ++b) {
@@ -122,6 +123,12 @@ void finish_retrain(json& manifest, const S3TJobSpec& spec, std::int64_t new_ver
   }
   manifest["retrain_pending"] = json::array();
   manifest["model_version"] = new_version;
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  manifest["last_retrain"] = {{"completed_ms", std::chrono::duration_cast<std::chrono::milliseconds>(now).count()},
+                              {"model_version", new_version},
+                              {"sequences_restored", prep.sequences_restored},
+                              {"shards_revived", prep.shards_revived},
+                              {"steps_planned", prep.steps_planned}};
 }
 
 }  // namespace
@@ -160,7 +167,7 @@ RetrainReport retrain_job(const S3TJobSpec& spec, comm::Communicator& comm) {
     const std::int64_t new_version = report.model_version + 1;
     S3TRunOptions options;
     options.resume = true;  // every series continues from its (now purged down to) surviving prefix
-    options.before_manifest_commit = [&](json& manifest) { finish_retrain(manifest, spec, new_version); };
+    options.before_manifest_commit = [&](json& manifest) { finish_retrain(manifest, spec, prep, new_version); };
     const auto run = run_s3t_job(spec, comm, options);
     std::int32_t steps = run.steps_trained;
     comm.allreduce({&steps, 1, comm::DataType::kInt32}, comm::ReduceOp::kSum);

@@ -80,6 +80,10 @@ void install(CLI::App& app) {
       "accountant",
       "Noisy-GD deletion certificate: the unlearning steps K_U for a target epsilon, and the DP of "
       "the remaining records, for --train-steps steps on --n records of which --deleted are deleted");
+  cmd->footer(
+      "Example:\n  lethe accountant --n 54000 --deleted 1 --lambda 0.005 --eta 1.98 --sigma 0.01 --epsilon 1 --train-steps 200\n"
+      "Prints JSON: steps (K_U noisy steps for the deletion), epsilon, delta, dp_epsilon, certified, and\n"
+      "route (noisy_steps, or retrain when retraining from scratch costs fewer steps); assumptions echoes the inputs.");
   cmd->add_option("--n", options->n, "records in the training set")->required();
   cmd->add_option("--lambda", options->params.lambda, "L2 regularization (strong convexity), > 0")->required();
   cmd->add_option("--eta", options->params.eta, "step size, <= 1/(1/2 + lambda)")->required();

@@ -7,6 +7,7 @@
 
 #include "bench/comm/comm_benchmark.h"
 #include "launch/command_registry.h"
+#include "launch/logging.h"
 
 namespace lethe::launch {
 namespace {
@@ -36,7 +37,11 @@ void run(BenchCommArguments& arguments) {
   } else {
     throw std::invalid_argument("--backend '" + arguments.backend + "' is not auto, mpi or nccl");
   }
-  (void)bench::run_comm_benchmark(arguments.options, std::cout);
+  // --json -: the JSON report is the machine-readable output, so it alone goes to stdout.
+  const bool json_to_stdout = arguments.options.json_path == "-";
+  if (json_to_stdout) arguments.options.json_path.clear();
+  const auto report = bench::run_comm_benchmark(arguments.options, json_to_stdout ? std::cerr : std::cout);
+  if (json_to_stdout && launcher_rank() == 0) std::cout << report.dump(2) << std::endl;
 }
 
 void install(CLI::App& app) {
@@ -44,7 +49,13 @@ void install(CLI::App& app) {
   auto arguments = std::make_shared<BenchCommArguments>();
   CLI::App* command = bench_group.add_subcommand(
       "comm", "Allreduce through the Communicator next to raw MPI_Allreduce (run under mpirun -np N)");
-  command->add_option("--json", arguments->options.json_path, "Also write the results as JSON to this file (rank 0)");
+  command->footer(
+      "Examples:\n  mpirun -np 2 lethe bench comm --json comm.json        # table on stdout, JSON in comm.json\n"
+      "  mpirun -np 4 lethe bench comm --backend nccl --min-bytes 1024 --max-bytes 268435456\n"
+      "  mpirun -np 2 lethe bench comm --json - | jq .wrong_total   # JSON on stdout, the table on stderr\n"
+      "Columns as in nccl-tests: time (us), algbw and busbw (GB/s), #wrong (checked elements), vs raw MPI.");
+  command->add_option("--json", arguments->options.json_path,
+                      "Also write the results as JSON to this file (rank 0); '-': JSON on stdout, the table on stderr");
   command->add_option("--backend", arguments->backend, "auto (mpi, plus nccl where each rank has a GPU), mpi or nccl");
   command->add_option("--type", arguments->type, "Element type: uint8, int32, int64, float32 or float64");
   command->add_option("--min-bytes", arguments->options.min_bytes, "Smallest message, in bytes");

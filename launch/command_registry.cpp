@@ -30,6 +30,8 @@ CLI::App& subcommand_group(CLI::App& parent, const std::string& name, const std:
     if (existing->get_name() == name) return *existing;
   CLI::App* group = parent.add_subcommand(name, description);
   group->require_subcommand(1);
+  group->footer("Each subcommand has its own --help with examples, e.g. `lethe " + name + " " +
+                "<subcommand> --help`.");
   return *group;
 }
 

@@ -7,13 +7,30 @@
 
 namespace lethe::launch {
 
-void configure_logging(const std::string& level) {
+namespace {
+
+const char* launcher_rank_text() {
   const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
-  if (!rank) rank = std::getenv("PMI_RANK");
+  return rank ? rank : std::getenv("PMI_RANK");
+}
+
+}  // namespace
+
+bool under_mpi_launcher() { return launcher_rank_text() != nullptr; }
+
+int launcher_rank() {
+  const char* rank = launcher_rank_text();
+  return rank ? std::atoi(rank) : 0;
+}
+
+void configure_logging(const std::string& level, bool explicit_level) {
+  const int rank = launcher_rank();
   // Logs go to stderr: stdout is reserved for machine-readable output (JSON).
   auto logger = spdlog::stderr_color_mt("lethe");
-  logger->set_pattern(std::string("[%Y-%m-%d %H:%M:%S.%e] [rank ") + (rank ? rank : "0") + "] [%l] %v");
-  logger->set_level(spdlog::level::from_str(level));
+  logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [rank " + std::to_string(rank) + "] [%l] %v");
+  auto threshold = spdlog::level::from_str(level);
+  if (!explicit_level && rank != 0 && threshold < spdlog::level::warn) threshold = spdlog::level::warn;
+  logger->set_level(threshold);
   spdlog::set_default_logger(logger);
 }
 

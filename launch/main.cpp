@@ -13,9 +13,17 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "lethe 0.1.0");
   std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
-  app.parse_complete_callback([&] { lethe::launch::configure_logging(log_level); });
+  auto* level = app.add_option("--log-level", log_level,
+                                "trace, debug, info, warn, error or off (default: info on rank 0, warn on other ranks)")
+                    ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  app.footer(
+      "Examples:\n  lethe validate --config launch/examples/fashion_s3t.yaml\n"
+      "  mpirun -np 2 lethe train --config launch/examples/fashion_s3t.yaml --job runs/fashion\n"
+      "  lethe status --job runs/fashion\n"
+      "  lethe --log-level debug eval --job runs/fashion\n"
+      "Every command has --help with examples. Output for machines is JSON on stdout; logs and errors\n"
+      "(\"lethe: error: ...\", exit status 1; usage errors exit 2) go to stderr.");
+  app.parse_complete_callback([&] { lethe::launch::configure_logging(log_level, level->count() > 0); });
   lethe::launch::install_registered_commands(app);
   try {
     app.parse(argc, argv);

@@ -412,7 +412,9 @@ json JobRouter::predict(const json& body) const {
   const auto x = torch::tensor(values, torch::kFloat32).reshape({n, config.input_channels, config.input_height, config.input_width});
   torch::Tensor probabilities;
   if (model == "s3t") {
-    if (s.serving.members.empty()) throw std::runtime_error("the S3T ensemble has no live shard; run `lethe retrain`");
+    if (s.serving.members.empty()) throw ModelUnavailable(
+          "the S3T ensemble has no live shard: deletions cut every sequence of every shard before its first slice. "
+          "Stop the service and run `lethe retrain --job " + job_dir_.string() + "`, or predict with \"model\": \"noisy_gd\"");
     probabilities = trainer::ensemble_probabilities(*s.model, s.serving.members, x, 1024);
   } else {
     torch::NoGradGuard no_grad;

@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,12 @@
 #include "deletion/record_resolution.h"
 
 namespace lethe::deletion {
+
+// The requested model cannot answer now (the S3T ensemble has no live shard); HTTP 503.
+class ModelUnavailable : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 // One checkpoint version a batch invalidated: purged once the batch's manifest is committed.
 struct PurgeTarget {
@@ -84,7 +91,8 @@ class JobRouter {
   [[nodiscard]] nlohmann::json models_json() const;
   // Rank 0, any thread: class probabilities of `inputs` (rows of the dataset's feature values,
   // e.g. pixels 0..255) from `model` ("s3t" or "noisy_gd"; empty: S3T when the job has it).
-  // Throws RequestError naming the field for inputs of the wrong shape or an unknown model.
+  // Throws RequestError naming the field for inputs of the wrong shape or an unknown model, and
+  // ModelUnavailable for "s3t" when every shard is dead (until `lethe retrain`).
   [[nodiscard]] nlohmann::json predict(const nlohmann::json& body) const;
   // Rank 0: per shard the live depth (0 when dead), for /metrics.
   [[nodiscard]] std::vector<int> live_depths() const;

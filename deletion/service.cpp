@@ -156,6 +156,8 @@ http::Handler make_service_handler(Coordinator& coordinator, JobRouter& router, 
       return http::json_error(404, "not_found", "no such endpoint: " + path + " (see docs/API.md)");
     } catch (const RequestError& e) {
       return http::json_error(400, "invalid_request", e.what(), e.field());
+    } catch (const ModelUnavailable& e) {
+      return http::json_error(503, "unavailable", e.what(), "model");
     }
   };
 }

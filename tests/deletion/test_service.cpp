@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -285,6 +286,36 @@ TEST_F(ServiceTest, TwoRanksUnderMpirunGiveTheSameModelAsBatchModeOnOneRank) {
     EXPECT_EQ(served_weights[i].name, direct_weights[i].name);
     EXPECT_TRUE(served_weights[i].bytes == direct_weights[i].bytes) << served_weights[i].name << " differs";
   }
+}
+
+TEST_F(ServiceTest, PredictWithADeadEnsembleIs503NamingTheRetrainWhileNoisyGdStillAnswers) {
+  // One private record in every (shard, slice): each cyclic sequence loses its first slice, so
+  // every shard dies.
+  const storage::RecordAssigner assigner(storage::Dataset::open(dir_ / "train.h5").layout().seed);
+  std::map<std::pair<int, int>, std::string> victims;
+  for (const auto& id : private_ids()) {
+    const auto a = assigner.assign(id, 2, 3);
+    victims.emplace(std::pair(a.shard, a.slice), id);
+  }
+  ASSERT_EQ(victims.size(), 6u);
+  std::vector<std::string> ids;
+  for (const auto& [where, id] : victims) ids.push_back(id);
+  auto service = serve();
+  auto client = service.client(kToken);
+  const json row = json::array({std::vector<int>(36, 100)});
+  EXPECT_EQ(post(client, "/v1/predict", {{"inputs", row}}, 200).at("model"), "s3t");
+
+  const auto submitted = post(client, "/v1/deletions", {{"records", ids}}, 202);
+  ASSERT_EQ(wait_for_receipt(client, submitted.at("id")).at("status"), "completed");
+  const auto models = json::parse(client.request("GET", "/v1/models").body);
+  EXPECT_EQ(models.at("models").at(0).at("live_shards"), 0) << models.dump(2);
+
+  const auto dead = post(client, "/v1/predict", {{"inputs", row}, {"model", "s3t"}}, 503);
+  EXPECT_EQ(dead["error"]["code"], "unavailable") << dead.dump();
+  EXPECT_EQ(dead["error"]["field"], "model");
+  EXPECT_NE(dead["error"]["message"].get<std::string>().find("lethe retrain --job"), std::string::npos) << dead.dump();
+  EXPECT_EQ(post(client, "/v1/predict", {{"inputs", row}, {"model", "noisy_gd"}}, 200).at("predictions").size(), 1u);
+  EXPECT_EQ(service.terminate(), 0) << service.log_text();
 }
 
 TEST_F(ServiceTest, RefusesAnOpenTokenFileAndASecondWriter) {

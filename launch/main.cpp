@@ -7,6 +7,7 @@
 
 #include "launch/command_registry.h"
 #include "launch/logging.h"
+#include "launch/progress.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"lethe: distributed training with fast, provable deletion of training records"};
@@ -23,7 +24,10 @@ int main(int argc, char** argv) {
       "  lethe --log-level debug eval --job runs/fashion\n"
       "Every command has --help with examples. Output for machines is JSON on stdout; logs and errors\n"
       "(\"lethe: error: ...\", exit status 1; usage errors exit 2) go to stderr.");
-  app.parse_complete_callback([&] { lethe::launch::configure_logging(log_level, level->count() > 0); });
+  app.parse_complete_callback([&] {
+    lethe::launch::configure_logging(log_level, level->count() > 0);
+    lethe::launch::install_progress_reporter();
+  });
   lethe::launch::install_registered_commands(app);
   try {
     app.parse(argc, argv);

@@ -3,6 +3,7 @@
 #include <unordered_set>
 
 #include "storage/error.h"
+#include "storage/progress.h"
 
 namespace lethe::storage {
 namespace {
@@ -72,7 +73,9 @@ CompactionReport compact(const std::filesystem::path& file, size_t batch_records
   RecordStream stream = source->stream(live, batch_records);
   RecordBatch batch;
   const uint64_t record_bytes = source->layout().bytes_per_record();
+  ProgressTask progress("compact", static_cast<std::int64_t>(report.rows_before), "records");
   while (stream.next(batch)) {
+    progress.advance(static_cast<std::int64_t>(batch.size()));
     for (size_t i = 0; i < batch.size(); ++i) {
       const uint64_t row = batch.rows[i];
       writer.append(source->id(row), source->subject(row), batch.labels[i], source->is_public(row),

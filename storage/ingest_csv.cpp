@@ -8,6 +8,7 @@
 
 #include "storage/csv_reader.h"
 #include "storage/error.h"
+#include "storage/progress.h"
 
 namespace lethe::storage {
 namespace {
@@ -84,7 +85,9 @@ IngestReport ingest_csv(const CsvSource& source, const IngestOptions& options) {
   std::vector<uint8_t> features(layout.bytes_per_record());
   std::string id;
   uint64_t index = 0;
+  ProgressTask progress("ingest", 0, "records");  // the line count is not known up front
   while (csv.next(fields)) {
+    progress.advance(1);
     if (fields.size() != header.size())
       throw StorageError(csv.where() + " has " + std::to_string(fields.size()) + " fields but the header (line 1) has " +
                          std::to_string(header.size()) + ": every row needs one value per column");

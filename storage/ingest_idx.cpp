@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "storage/error.h"
+#include "storage/progress.h"
 
 namespace lethe::storage {
 
@@ -65,7 +66,9 @@ IngestReport ingest_idx(const IdxSource& source, const IngestOptions& options) {
   constexpr uint64_t kBlockImages = 4096;
   std::vector<uint8_t> block(kBlockImages * image_bytes);
   std::string id = prefix;
+  ProgressTask progress("ingest", static_cast<std::int64_t>(count), "records");
   for (uint64_t first = 0; first < count; first += kBlockImages) {
+    progress.advance(static_cast<std::int64_t>(std::min(kBlockImages, count - first)));
     const uint64_t n = std::min(kBlockImages, count - first);
     images_input.read_exact(block.data(), n * image_bytes,
                             "images " + std::to_string(first) + ".." + std::to_string(first + n - 1) + " of " +

@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "storage/progress.h"
+
 namespace lethe::trainer {
 namespace {
 
@@ -246,7 +248,9 @@ at::Tensor NoisyGdModel::gradient(const LocalData& data, std::int64_t n) {
 void NoisyGdModel::run_steps(const LocalData& data, std::int64_t n, std::int64_t steps) {
   if (n < 1) throw NoisyGdError("noisy GD: no records on any rank to train on");
   const double noise_scale = std::sqrt(step_noise_variance(config_.params));
+  storage::ProgressTask progress("noisy-gd", steps, "steps");
   for (std::int64_t k = 0; k < steps; ++k) {
+    progress.advance(1);
     weights_ = weights_ - config_.params.eta * gradient(data, n) +
                noise_scale * step_noise(config_.seed, step_, config_.num_features, config_.num_classes);
     ++step_;

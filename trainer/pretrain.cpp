@@ -4,6 +4,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "storage/progress.h"
 #include "storage/durable_file.h"
 #include "storage/hdf5.h"
 #include "trainer/s3t_trainer.h"
@@ -71,6 +72,8 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
   for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
   PretrainReport report;
   report.records = n;
+  const std::int64_t batches_per_epoch = (n + options.batch_size - 1) / options.batch_size;
+  storage::ProgressTask progress("pretrain", batches_per_epoch * options.epochs, "batches");
   for (int epoch = 0; epoch < options.epochs; ++epoch) {
     std::mt19937_64 engine(mix_seed(options.seed, 3, static_cast<std::uint64_t>(epoch)));
     for (std::size_t k = order.size(); k > 1; --k) std::swap(order[k - 1], order[static_cast<std::size_t>(engine() % k)]);
@@ -85,6 +88,7 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
       optimizer.step();
       loss_sum += loss.item<double>();
       ++batches;
+      progress.advance(1);
     }
     report.final_loss = batches ? loss_sum / static_cast<double>(batches) : 0.0;
   }

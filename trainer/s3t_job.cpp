@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "storage/checkpoint_store.h"
+#include "storage/progress.h"
 #include "storage/dataset.h"
 #include "storage/durable_file.h"
 #include "storage/error.h"
@@ -291,6 +292,8 @@ S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, const
   S3TRunReport report;
   const auto jobs = jobs_for_rank(spec.shards, spec.sequences, comm.rank(), comm.size());
   report.jobs = static_cast<int>(jobs.size());
+  // Prefix steps of this rank's jobs; resumed ones count as they are skipped.
+  storage::ProgressTask progress("s3t", static_cast<std::int64_t>(jobs.size()) * spec.slices, "steps");
   try {
     std::size_t j = 0;
     while (j < jobs.size()) {
@@ -320,6 +323,7 @@ S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, const
                                      "version) to retrain it, then --resume again");
           }
           report.steps_resumed += resume_state->prefix;
+          progress.advance(resume_state->prefix);
           if (resume_state->prefix >= spec.slices) continue;
         }
         if (!data) {
@@ -358,6 +362,7 @@ S3TRunReport run_s3t_job(const S3TJobSpec& spec, comm::Communicator& comm, const
               const auto info = store.write(name, to_tensor_data(state), metadata);
               spdlog::info("{}: committed P_{} (version {}, digest {})", name, i, info.version, info.digest.substr(0, 16));
               ++report.steps_trained;
+              progress.advance(1);
             });
         report.samples += stats.samples;
         report.train_seconds += stats.seconds;

@@ -18,7 +18,7 @@ packages=(
   libbenchmark-dev
   libssl-dev zlib1g-dev
   dataset-fashion-mnist
-  python3
+  python3 python3-numpy python3-h5py python3-matplotlib
 )
 
 missing=()

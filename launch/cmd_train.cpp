@@ -3,13 +3,16 @@
 // report with throughput and the digest of every committed checkpoint.
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "comm/communicator.h"
+#include "deletion/job_session.h"
 #include "launch/command_registry.h"
 #include "launch/job_config.h"
+#include "storage/job_lock.h"
 #include "trainer/noisy_gd_job.h"
 #include "trainer/s3t_job.h"
 
@@ -23,10 +26,38 @@ struct TrainArgs {
   std::string backend = "mpi";
 };
 
+// One writer per job (storage/job_lock.h): training holds the job lock on rank 0, so it refuses a
+// job that `lethe serve`, `lethe delete --job`, `lethe retrain` or another `lethe train` holds. A
+// job with a deletion ledger has served deletions: resuming its training would mix models trained
+// before and after them, so it is refused with a pointer to `lethe retrain`. The inputs are checked
+// first, so that bad input creates no job directory.
+std::unique_ptr<storage::JobLock> lock_job_for_training(const trainer::S3TJobSpec& spec, bool s3t,
+                                                        comm::Communicator& comm) {
+  std::unique_ptr<storage::JobLock> lock;
+  std::string error;
+  if (comm.rank() == 0) {
+    try {
+      (void)trainer::check_job_inputs(spec, s3t);
+      std::filesystem::create_directories(spec.job_dir);
+      lock = std::make_unique<storage::JobLock>(spec.job_dir, "lethe train");
+      if (std::filesystem::exists(deletion::ledger_path(spec.job_dir)))
+        throw std::runtime_error("job " + spec.job_dir.string() +
+                                 " has a deletion ledger (it has served deletions); training it again would "
+                                 "undo them. Restore truncated sequences with `lethe retrain --job " +
+                                 spec.job_dir.string() + "`, or train into a new --job directory");
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  trainer::agree_on_failure(comm, error, "locking the job directory");
+  return lock;
+}
+
 void run(const TrainArgs& args) {
   const auto config = load_job_config(args.config);
   const auto spec = to_job_spec(config, args.job);
   auto comm = comm::make_communicator(args.backend);
+  const auto lock = lock_job_for_training(spec, config.s3t.enabled, *comm);
   nlohmann::json out = {{"job_dir", spec.job_dir.string()}, {"ranks", comm->size()}, {"models", nlohmann::json::array()}};
   if (config.s3t.enabled) {
     const auto report = trainer::run_s3t_job(spec, *comm, args.resume);

@@ -87,13 +87,18 @@ inline std::string job_config_text(const JobShape& shape) {
   return y.str();
 }
 
-// Content of every regular file under `root`, to prove a command changed nothing.
+inline std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+// Content of every regular file under `root`, to prove a command changed nothing. The job lock file
+// is left out: every writer that takes the lock records itself there (storage/job_lock.h).
 inline std::map<std::string, std::string> snapshot(const fs::path& root) {
   std::map<std::string, std::string> files;
   for (const auto& e : fs::recursive_directory_iterator(root)) {
-    if (!e.is_regular_file()) continue;
-    std::ifstream in(e.path(), std::ios::binary);
-    files[e.path().string()] = std::string(std::istreambuf_iterator<char>(in), {});
+    if (!e.is_regular_file() || e.path().filename() == ".lock") continue;
+    files[e.path().string()] = read_text(e.path());
   }
   return files;
 }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "storage/checkpoint_store.h"
+#include "storage/job_lock.h"
 #include "tests/trainer/cli_job_fixture.h"
 
 namespace fs = std::filesystem;
@@ -184,4 +185,30 @@ TEST_F(TrainCli, FullTrainingBaselineIsOneShardOneSliceOneSequence) {
   ASSERT_EQ(e.status, 0) << e.out;
   EXPECT_GT(json_of(e).at("accuracy").get<double>(), 0.8) << e.out;
   EXPECT_EQ(json_of(e).at("models")[0].at("shards")[0].at("depth"), 1);
+}
+
+TEST_F(TrainCli, RefusesAJobAnotherWriterHoldsOrThatHasServedDeletions) {
+  const auto config = write_config("job.yaml", config_text(dir_, 1, 3, 1));
+  ASSERT_EQ(pretrain(config).status, 0);
+  ASSERT_EQ(train(config, dir_ / "run").status, 0);
+  {
+    const lethe::storage::JobLock held(dir_ / "run", "lethe serve");
+    const auto before = snapshot(dir_ / "run");
+    const auto r = train(config, dir_ / "run", "--resume");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.out.find("in use by lethe serve"), std::string::npos) << r.out;
+    EXPECT_TRUE(snapshot(dir_ / "run") == before) << "a refused train changed the job directory";
+  }
+  // A batch deletion leaves the job's ledger: training it again would undo the deletion.
+  const auto victim = sh(lethe_cmd() + " inspect " + (dir_ / "train.h5").string() + " --ids private");
+  ASSERT_EQ(victim.status, 0) << victim.out;
+  const auto id = victim.out.substr(0, victim.out.find('\n'));
+  const auto d = sh(lethe_cmd() + " delete --job " + (dir_ / "run").string() + " --record " + id);
+  ASSERT_EQ(d.status, 0) << d.out;
+  const auto before = snapshot(dir_ / "run");
+  const auto r = train(config, dir_ / "run", "--resume");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("has a deletion ledger"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("lethe retrain --job"), std::string::npos) << r.out;
+  EXPECT_TRUE(snapshot(dir_ / "run") == before) << "a refused train changed the job directory";
 }

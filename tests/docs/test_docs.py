@@ -13,7 +13,7 @@
    `systemd-analyze verify` (where installed) with the binary path pointed at the build.
 4. launch/examples/csv_small.yaml end to end: the commands of its header comment, literally.
 5. docs/OPERATIONS.md: every code block marked `<!-- docs-test: NAME -->`, literally, in the
-   order ORDER below (backup, delete, audit, restore, retrain), with checks of what they produced.
+   order ORDER below (backup, delete, audit, status, restore, retrain), with checks of what they produced.
 """
 import argparse
 import json
@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ORDER = ["backup", "delete", "ledger-copy", "audit", "audit-dataset", "restore", "retrain"]
+ORDER = ["backup", "delete", "ledger-copy", "audit", "audit-dataset", "status", "restore", "retrain"]
 failures = []
 
 
@@ -217,6 +217,10 @@ def run_docs(lethe, source, work, env):
         fail(f"audit printed {outputs['audit']!r}, expected '{receipt['id']} completed deleted <ms>'")
     if outputs["audit-dataset"].splitlines()[0] != "1":
         fail(f"audit-dataset: the id should be listed once among all ids: {outputs['audit-dataset'][:200]!r}")
+    status = json.loads(outputs["status"])
+    if status["deletions"]["completed"] < 1 or status["deletions"]["last_batch"]["records_deleted"] != 3 or \
+            receipt["id"] not in status["deletions"]["last_batch"]["requests"]:
+        fail(f"status: expected the delete block's request as the last completed batch of 3 records: {outputs['status'][:400]}")
     redo = (work / "redo.txt").read_text().split()
     if sorted(redo) != sorted(ids):
         fail(f"restore: deleted_ids.py found {redo}, expected the ids deleted after the backup {ids}")

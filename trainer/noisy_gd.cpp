@@ -310,7 +310,8 @@ DeletionReceipt NoisyGdModel::delete_records(const LocalData& remaining) {
     run_steps(remaining, n_after, config_.train_steps);
     accountant_->record_training(config_.train_steps);
     receipt.steps_run = config_.train_steps;
-    receipt.epsilon = 0.0;
+    receipt.epsilon = 0.0;  // exactly distributed as retraining without the records: (0, 0)
+    receipt.delta = 0.0;
     receipt.alpha = std::numeric_limits<double>::infinity();
   } else {
     run_steps(remaining, n_after, plan.steps);

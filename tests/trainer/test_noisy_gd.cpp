@@ -212,6 +212,7 @@ TEST(NoisyGdDeletion, RetrainsWhenUnlearningCostsMore) {
   EXPECT_GT(receipt.unlearning_steps, 20);
   EXPECT_EQ(receipt.steps_run, 20);
   EXPECT_EQ(receipt.epsilon, 0.0);
+  EXPECT_EQ(receipt.delta, 0.0);
   EXPECT_EQ(to_json(receipt).at("route"), "retrain");
   EXPECT_EQ(model.accountant().history(), (std::vector<Phase>{{30, 20, 0}}));
   EXPECT_EQ(model.accountant().distance_bound(), 0.0);

@@ -6,13 +6,13 @@
 #include <fstream>
 
 #include "deletion/http_auth.h"
+#include "tests/storage/scratch_files.h"
 
 namespace lethe::http {
 namespace {
 
 std::filesystem::path token_file(const std::string& name, const std::string& content, mode_t mode) {
-  const auto dir = std::filesystem::temp_directory_path() / ("lethe_http_auth_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  static const auto dir = storage::scratch::fresh_dir("http_auth", "tokens");
   const auto path = dir / name;
   std::ofstream(path, std::ios::trunc) << content;
   ::chmod(path.c_str(), mode);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "tests/storage/scratch_files.h"
 #include "tests/trainer/cli_job_fixture.h"
 #include "trainer/capacity.h"
 #include "trainer/s3t_plan.h"
@@ -52,9 +53,7 @@ TEST_F(CapacityJob, SimulatedCapacityOfATrainedJobMatchesTheFormula) {
 }
 
 TEST(CapacityJobCli, BadInputsAreClearErrors) {
-  const auto dir = fs::temp_directory_path() / ("lethe_capacity_cli_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  const auto dir = lethe::storage::scratch::fresh_dir("capacity_cli", "bad_inputs");
   const auto dir_ = dir;
   auto r = run_command(lethe_cmd() + " bench capacity --job " + (dir_ / "nowhere").string());
   EXPECT_EQ(r.status, 1);

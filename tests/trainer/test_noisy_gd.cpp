@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "comm/in_process.h"
+#include "tests/storage/scratch_files.h"
 #include "tests/trainer/test_noisy_gd_fixtures.h"
 #include "trainer/noisy_gd.h"
 
@@ -241,9 +242,7 @@ TEST(NoisyGdDeletion, RefusesInconsistentData) {
 }
 
 TEST(NoisyGdPersistence, SaveLoadRoundTripContinuesIdentically) {
-  const std::filesystem::path root =
-      std::filesystem::temp_directory_path() / ("lethe_test_noisy_gd_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(root);
+  const std::filesystem::path root = lethe::storage::scratch::fresh_dir("noisy_gd", "persistence") / "store";
   const LocalData data = synthetic_data(60, 71);
   auto comm = single_rank();
   NoisyGdModel model(small_config(8), *comm);

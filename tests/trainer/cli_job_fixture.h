@@ -45,7 +45,11 @@ inline nlohmann::json json_of(const CommandResult& r) {
   return nlohmann::json::parse(r.out.substr(start));
 }
 
-inline std::string lethe_cmd() { return std::string(LETHE_BINARY) + " --log-level warn"; }
+inline std::string lethe_cmd() {
+  std::string command = LETHE_BINARY;  // appended, not `+`: GCC 12 misreports a string overread there
+  command += " --log-level warn";
+  return command;
+}
 
 // mpiexec for `ranks` ranks on this (possibly root, possibly small) machine.
 inline std::string mpiexec(int ranks) {

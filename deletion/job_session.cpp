@@ -4,8 +4,6 @@
 
 namespace lethe::deletion {
 
-std::filesystem::path ledger_path(const std::filesystem::path& job_dir) { return job_dir / "ledger.sqlite"; }
-
 JobSession::JobSession(const std::filesystem::path& job_dir, comm::Communicator& comm, const std::string& holder,
                        CoordinatorOptions options, const std::function<void()>& preflight) {
   std::string error;
@@ -13,7 +11,7 @@ JobSession::JobSession(const std::filesystem::path& job_dir, comm::Communicator&
     try {
       lock_ = std::make_unique<storage::JobLock>(job_dir, holder);
       if (preflight) preflight();
-      ledger_ = std::make_unique<storage::Ledger>(ledger_path(job_dir));
+      ledger_ = std::make_unique<storage::Ledger>(storage::job_ledger_path(job_dir));
     } catch (const std::exception& e) {
       error = e.what();
     }

@@ -16,9 +16,6 @@
 
 namespace lethe::deletion {
 
-// <job_dir>/ledger.sqlite
-[[nodiscard]] std::filesystem::path ledger_path(const std::filesystem::path& job_dir);
-
 class JobSession {
  public:
   // Collective. Rank 0 takes the job's lock as `holder`, runs `preflight` (checks that must fail

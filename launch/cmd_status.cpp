@@ -9,7 +9,6 @@
 #include <string>
 
 #include "deletion/job_router.h"
-#include "deletion/job_session.h"
 #include "launch/command_registry.h"
 #include "storage/ledger.h"
 #include "trainer/job_manifest.h"
@@ -24,7 +23,7 @@ using nlohmann::json;
 constexpr std::size_t kPendingListed = 100;
 
 json deletions_json(const fs::path& job_dir, const json& manifest) {
-  const auto file = deletion::ledger_path(job_dir);
+  const auto file = storage::job_ledger_path(job_dir);
   json out = {{"ledger", file.string()}};
   if (!fs::exists(file)) {
     // No deletion has ever been requested: `lethe serve` / `lethe delete --job` create the ledger.

@@ -9,7 +9,6 @@
 #include <nlohmann/json.hpp>
 
 #include "comm/communicator.h"
-#include "deletion/job_session.h"
 #include "launch/command_registry.h"
 #include "launch/job_config.h"
 #include "storage/job_lock.h"
@@ -40,11 +39,7 @@ std::unique_ptr<storage::JobLock> lock_job_for_training(const trainer::S3TJobSpe
       (void)trainer::check_job_inputs(spec, s3t);
       std::filesystem::create_directories(spec.job_dir);
       lock = std::make_unique<storage::JobLock>(spec.job_dir, "lethe train");
-      if (std::filesystem::exists(deletion::ledger_path(spec.job_dir)))
-        throw std::runtime_error("job " + spec.job_dir.string() +
-                                 " has a deletion ledger (it has served deletions); training it again would "
-                                 "undo them. Restore truncated sequences with `lethe retrain --job " +
-                                 spec.job_dir.string() + "`, or train into a new --job directory");
+      check_job_not_served(spec.job_dir);
     } catch (const std::exception& e) {
       error = e.what();
     }

@@ -7,6 +7,7 @@
 
 #include "launch/command_registry.h"
 #include "launch/job_config.h"
+#include "trainer/job_manifest.h"
 #include "trainer/s3t_job.h"
 
 namespace lethe::launch {
@@ -21,6 +22,7 @@ void run(const ValidateArgs& args) {
   const auto config = load_job_config(args.config);
   const auto spec = to_job_spec(config, args.job);
   const auto inputs = trainer::check_job_inputs(spec, config.s3t.enabled);
+  check_job_not_served(spec.job_dir);
   nlohmann::json models = nlohmann::json::array();
   if (config.s3t.enabled) models.push_back("s3t");
   if (config.noisy_gd.enabled) models.push_back("noisy_gd");
@@ -29,7 +31,7 @@ void run(const ValidateArgs& args) {
                         {"config_digest", config_digest(config)},
                         {"models", models},
                         {"job_dir", spec.job_dir.string()},
-                        {"existing_run", std::filesystem::exists(spec.job_dir / "manifest.json")},
+                        {"existing_run", std::filesystem::exists(trainer::job_manifest_path(spec.job_dir))},
                         {"device", config.device},
                         {"dataset", {{"file", config.dataset.string()},
                                      {"records", inputs.records},

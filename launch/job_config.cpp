@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "storage/ledger.h"
 #include "storage/record_assignment.h"
 #include "trainer/accountant.h"
 #include "trainer/noisy_gd_job.h"
@@ -335,6 +336,14 @@ trainer::NoisyGdJobSpec to_noisy_gd_spec(const JobConfig& c) {
   spec.target_epsilon = c.noisy_gd.target_epsilon;
   spec.delta = c.noisy_gd.delta;
   return spec;
+}
+
+void check_job_not_served(const std::filesystem::path& job_dir) {
+  if (!std::filesystem::exists(storage::job_ledger_path(job_dir))) return;
+  throw ConfigError("job " + job_dir.string() +
+                    " has a deletion ledger (it has served deletions); training it again would undo them. "
+                    "Restore truncated sequences with `lethe retrain --job " + job_dir.string() +
+                    "`, or train into a new --job directory");
 }
 
 }  // namespace lethe::launch

@@ -96,4 +96,9 @@ struct JobConfig {
 // The trainer's view of the noisy_gd section (trainer/noisy_gd_job.h); meaningful when it is enabled.
 [[nodiscard]] trainer::NoisyGdJobSpec to_noisy_gd_spec(const JobConfig& config);
 
+// Training a job directory again (`lethe train`, also with --resume) is refused once the job has
+// taken deletion requests (its ledger exists): it would undo them. Throws ConfigError naming
+// `lethe retrain`, which restores truncated sequences without undoing anything.
+void check_job_not_served(const std::filesystem::path& job_dir);
+
 }  // namespace lethe::launch

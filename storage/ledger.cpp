@@ -18,6 +18,9 @@
 
 namespace lethe::storage {
 
+std::filesystem::path job_ledger_path(const std::filesystem::path& job_dir) { return job_dir / "ledger.sqlite"; }
+
+
 namespace {
 
 constexpr std::string_view kFormat = "lethe-deletion-ledger";

@@ -59,6 +59,9 @@ struct LedgerSettings {
   int schema_version = 0;
 };
 
+// A job's ledger: <job_dir>/ledger.sqlite. It exists once the job has taken a deletion request.
+[[nodiscard]] std::filesystem::path job_ledger_path(const std::filesystem::path& job_dir);
+
 // One ledger file. Thread-safe: one SQLite connection guarded by a mutex, so HTTP threads may
 // submit() while the coordinator's worker thread drives the rest. One process should write a
 // ledger at a time (the job's JobLock ensures it); SQLite's own locking keeps others consistent.

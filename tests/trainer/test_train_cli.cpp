@@ -210,5 +210,9 @@ TEST_F(TrainCli, RefusesAJobAnotherWriterHoldsOrThatHasServedDeletions) {
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.out.find("has a deletion ledger"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("lethe retrain --job"), std::string::npos) << r.out;
+  // `lethe validate` makes the same check.
+  const auto v = sh(lethe_cmd() + " validate --config " + config.string() + " --job " + (dir_ / "run").string());
+  EXPECT_EQ(v.status, 1);
+  EXPECT_NE(v.out.find("has a deletion ledger"), std::string::npos) << v.out;
   EXPECT_TRUE(snapshot(dir_ / "run") == before) << "a refused train changed the job directory";
 }

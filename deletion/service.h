@@ -6,8 +6,8 @@
 #include <string>
 
 #include "deletion/coordinator.h"
-#include "deletion/http_server.h"
 #include "deletion/job_router.h"
+#include "http/server.h"
 
 namespace lethe::deletion {
 

@@ -10,10 +10,10 @@
 #include <thread>
 
 #include "comm/communicator.h"
-#include "deletion/http_auth.h"
-#include "deletion/http_client.h"
 #include "deletion/job_session.h"
 #include "deletion/request.h"
+#include "http/auth.h"
+#include "http/client.h"
 #include "launch/command_registry.h"
 
 namespace lethe::launch {

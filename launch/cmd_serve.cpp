@@ -9,10 +9,10 @@
 #include <nlohmann/json.hpp>
 
 #include "comm/communicator.h"
-#include "deletion/http_auth.h"
-#include "deletion/http_server.h"
 #include "deletion/job_session.h"
 #include "deletion/service.h"
+#include "http/auth.h"
+#include "http/server.h"
 #include "launch/command_registry.h"
 
 namespace lethe::launch {

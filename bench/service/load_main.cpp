@@ -9,9 +9,9 @@
 #include <set>
 #include <string>
 
-#include "deletion/http_auth.h"
-#include "deletion/http_load.h"
-#include "deletion/http_server.h"
+#include "http/auth.h"
+#include "http/load.h"
+#include "http/server.h"
 
 namespace {
 

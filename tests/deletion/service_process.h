@@ -18,7 +18,7 @@
 #include <string>
 #include <thread>
 
-#include "deletion/http_client.h"
+#include "http/client.h"
 
 namespace lethe::test {
 

@@ -8,7 +8,7 @@
 #include <set>
 #include <thread>
 
-#include "deletion/http_client.h"
+#include "http/client.h"
 #include "service_process.h"
 #include "storage/checkpoint_store.h"
 #include "storage/dataset.h"

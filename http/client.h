@@ -1,4 +1,4 @@
-// deletion/http_client.h — a small synchronous HTTP/1.1 client for `lethe delete --server`, tests and
+// http/client.h — a small synchronous HTTP/1.1 client for `lethe delete --server`, tests and
 // the load benchmark: one keep-alive connection, reconnecting when the server closed it, with timeouts.
 #pragma once
 
@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-#include "deletion/http_server.h"
+#include "http/server.h"
 
 namespace lethe::http {
 

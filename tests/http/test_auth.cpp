@@ -5,7 +5,7 @@
 
 #include <fstream>
 
-#include "deletion/http_auth.h"
+#include "http/auth.h"
 #include "tests/storage/scratch_files.h"
 
 namespace lethe::http {

@@ -1,4 +1,4 @@
-#include "deletion/http_load.h"
+#include "http/load.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-// deletion/http_auth.h — the service's bearer token: read from a file that only its owner may
+// http/auth.h — the service's bearer token: read from a file that only its owner may
 // read, and compared in constant time so that response timing reveals nothing about it.
 #pragma once
 

@@ -1,4 +1,4 @@
-// tests/deletion/test_http_util.h — helpers for the HTTP suites: a server on an ephemeral loopback
+// tests/http/test_util.h — helpers for the HTTP suites: a server on an ephemeral loopback
 // port, and a raw POSIX socket for sending malformed, partial or pipelined bytes.
 #pragma once
 
@@ -16,7 +16,7 @@
 #include <string>
 #include <string_view>
 
-#include "deletion/http_server.h"
+#include "http/server.h"
 
 namespace lethe::http::testing {
 

@@ -4,8 +4,8 @@
 
 #include <thread>
 
-#include "deletion/http_client.h"
-#include "tests/deletion/test_http_util.h"
+#include "http/client.h"
+#include "tests/http/test_util.h"
 
 namespace lethe::http {
 namespace {

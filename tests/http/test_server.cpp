@@ -8,9 +8,9 @@
 #include <set>
 #include <thread>
 
-#include "deletion/http_client.h"
-#include "deletion/http_server.h"
-#include "tests/deletion/test_http_util.h"
+#include "http/client.h"
+#include "http/server.h"
+#include "tests/http/test_util.h"
 
 namespace lethe::http {
 namespace {

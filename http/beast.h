@@ -1,5 +1,5 @@
-// deletion/http_beast.h — the Boost.Asio/Beast names the HTTP server and client share (private to
-// deletion/http_*.cpp; the public headers don't expose Beast).
+// http/beast.h — the Boost.Asio/Beast names the HTTP server and client share (private to
+// http/*.cpp; the public headers don't expose Beast).
 #pragma once
 
 #include <boost/asio.hpp>

@@ -1,4 +1,4 @@
-// deletion/http_load.h — open-loop load on the deletion service for its benchmark: Poisson arrivals at
+// http/load.h — open-loop load on the deletion service for its benchmark: Poisson arrivals at
 // a fixed rate, each submitting one deletion and polling its receipt to completion; latencies and errors.
 #pragma once
 
@@ -13,7 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "deletion/http_client.h"
+#include "http/client.h"
 
 namespace lethe::http {
 

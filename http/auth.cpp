@@ -1,4 +1,4 @@
-#include "deletion/http_auth.h"
+#include "http/auth.h"
 
 #include <sys/stat.h>
 

@@ -1,4 +1,4 @@
-// deletion/http_server.h — the coordinator's HTTP/1.1 server: keep-alive connections on Boost.Beast,
+// http/server.h — the coordinator's HTTP/1.1 server: keep-alive connections on Boost.Beast,
 // bearer-token auth, body and connection limits, slow-client timeouts and a draining stop().
 #pragma once
 

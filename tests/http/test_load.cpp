@@ -6,8 +6,8 @@
 #include <mutex>
 #include <thread>
 
-#include "deletion/http_load.h"
-#include "tests/deletion/test_http_util.h"
+#include "http/load.h"
+#include "tests/http/test_util.h"
 
 namespace lethe::http {
 namespace {

@@ -1,4 +1,4 @@
-#include "deletion/http_client.h"
+#include "http/client.h"
 
 #include <poll.h>
 
@@ -6,7 +6,7 @@
 #include <cctype>
 #include <charconv>
 
-#include "deletion/http_beast.h"
+#include "http/beast.h"
 
 namespace lethe::http {
 

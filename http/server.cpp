@@ -1,4 +1,4 @@
-#include "deletion/http_server.h"
+#include "http/server.h"
 
 #include <spdlog/spdlog.h>
 
@@ -12,8 +12,8 @@
 #include <thread>
 #include <unordered_map>
 
-#include "deletion/http_auth.h"
-#include "deletion/http_beast.h"
+#include "http/auth.h"
+#include "http/beast.h"
 
 namespace lethe::http {
 

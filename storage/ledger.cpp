@@ -15,6 +15,7 @@
 
 #include "storage/checkpoint_file.h"
 #include "storage/durable_file.h"
+#include "storage/sqlite.h"
 
 namespace lethe::storage {
 
@@ -138,164 +139,41 @@ std::string_view to_string(RequestStatus status) {
   return "unknown";
 }
 
-// ---- RAII owners of the sqlite3 C API ----
-
-class Ledger::Database {
- public:
-  Database(const std::filesystem::path& path, bool read_only) : path_(path) {
-    const int rc = sqlite3_open_v2(path.c_str(), &db_,
-                                   (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_FULLMUTEX, nullptr);
-    if (rc != SQLITE_OK) {
-      const std::string message = db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
-      sqlite3_close_v2(db_);
-      db_ = nullptr;
-      throw LedgerError("ledger " + path.string() + ": cannot open: " + message +
-                        "; check that the path is a readable and writable file");
-    }
-    sqlite3_extended_result_codes(db_, 1);
-  }
-  ~Database() { sqlite3_close_v2(db_); }
-  Database(const Database&) = delete;
-  Database& operator=(const Database&) = delete;
-
-  [[nodiscard]] sqlite3* handle() const { return db_; }
-  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
-
-  // LedgerError for a failed SQLite call: operation, file, SQLite's message, and a hint where one helps.
-  [[nodiscard]] LedgerError error(const std::string& operation, int rc) const {
-    std::string message = "ledger " + path_.string() + ": " + operation + " failed: " + sqlite3_errmsg(db_);
-    switch (rc & 0xff) {
-      case SQLITE_BUSY:
-      case SQLITE_LOCKED:
-        message += "; another process holds the ledger (is another `lethe serve` or `lethe delete --job` running "
-                   "on this job?): stop it and retry";
-        break;
-      case SQLITE_NOTADB:
-        message += "; the file is not a SQLite database, so not a Lethe deletion ledger: move it aside or pass the "
-                   "job's ledger.sqlite (a new ledger is created where no file exists)";
-        break;
-      case SQLITE_CORRUPT:
-        message += "; the ledger file is damaged: restore it from a backup";
-        break;
-      case SQLITE_FULL:
-      case SQLITE_IOERR:
-        message += "; check the disk (full or failing?)";
-        break;
-      case SQLITE_READONLY:
-      case SQLITE_CANTOPEN:
-      case SQLITE_PERM:
-        message += "; check the permissions of the file and its directory";
-        break;
-      default: break;
-    }
-    return LedgerError(message);
-  }
-
-  void exec(const std::string& sql, const std::string& operation) {
-    char* raw = nullptr;
-    const int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &raw);
-    sqlite3_free(raw);  // errmsg still holds the text error() reports
-    if (rc != SQLITE_OK) throw error(operation, rc);
-  }
-
- private:
-  std::filesystem::path path_;
-  sqlite3* db_ = nullptr;
-};
-
 namespace {
 
-using Database = Ledger::Database;
+using sqlite::Database;
+using sqlite::Statement;
+using sqlite::Transaction;
 
-// One prepared statement; bind parameters are 1-based, columns 0-based.
-class Statement {
- public:
-  Statement(const Database& db, const char* sql, std::string operation) : db_(db), operation_(std::move(operation)) {
-    const int rc = sqlite3_prepare_v2(db.handle(), sql, -1, &stmt_, nullptr);
-    if (rc != SQLITE_OK) throw db.error(operation_ + " (preparing)", rc);
+// What to do about a failed SQLite call on the ledger, by its result code.
+std::string hint(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return "; another process holds the ledger (is another `lethe serve` or `lethe delete --job` running "
+             "on this job?): stop it and retry";
+    case SQLITE_NOTADB:
+      return "; the file is not a SQLite database, so not a Lethe deletion ledger: move it aside or pass the "
+             "job's ledger.sqlite (a new ledger is created where no file exists)";
+    case SQLITE_CORRUPT:
+      return "; the ledger file is damaged: restore it from a backup";
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+      return "; check the disk (full or failing?)";
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PERM:
+      return "; check the permissions of the file and its directory";
+    default: return "";
   }
-  ~Statement() { sqlite3_finalize(stmt_); }
-  Statement(const Statement&) = delete;
-  Statement& operator=(const Statement&) = delete;
+}
 
-  Statement& bind(int index, std::string_view text) {
-    check(sqlite3_bind_text(stmt_, index, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT));
-    return *this;
-  }
-  Statement& bind_optional(int index, const std::optional<std::string>& text) {
-    if (text) return bind(index, std::string_view(*text));
-    check(sqlite3_bind_null(stmt_, index));
-    return *this;
-  }
-  Statement& bind(int index, std::int64_t value) {
-    check(sqlite3_bind_int64(stmt_, index, value));
-    return *this;
-  }
-  Statement& bind_blob(int index, std::string_view bytes) {
-    check(sqlite3_bind_blob(stmt_, index, bytes.data(), static_cast<int>(bytes.size()), SQLITE_TRANSIENT));
-    return *this;
-  }
-
-  // True when a row is ready, false when done.
-  bool step() {
-    const int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    throw db_.error(operation_, rc);
-  }
-  void run() {
-    while (step()) {
-    }
-  }
-  void reset() {
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
-  }
-
-  [[nodiscard]] bool is_null(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
-  [[nodiscard]] std::int64_t int64(int column) const { return sqlite3_column_int64(stmt_, column); }
-  [[nodiscard]] std::string text(int column) const {
-    const auto* data = sqlite3_column_blob(stmt_, column);  // raw bytes of TEXT or BLOB
-    const int size = sqlite3_column_bytes(stmt_, column);
-    return data == nullptr ? std::string() : std::string(static_cast<const char*>(data), static_cast<std::size_t>(size));
-  }
-  [[nodiscard]] std::optional<std::string> optional_text(int column) const {
-    if (is_null(column)) return std::nullopt;
-    return text(column);
-  }
-
- private:
-  void check(int rc) const {
-    if (rc != SQLITE_OK) throw db_.error(operation_ + " (binding)", rc);
-  }
-
-  const Database& db_;
-  std::string operation_;
-  sqlite3_stmt* stmt_ = nullptr;
-};
-
-// BEGIN IMMEDIATE (takes the write lock up front, so a read-then-write never fails half way);
-// rolls back unless committed.
-class Transaction {
- public:
-  Transaction(Database& db, std::string operation) : db_(db), operation_(std::move(operation)) {
-    db_.exec("BEGIN IMMEDIATE", operation_ + " (begin)");
-  }
-  ~Transaction() {
-    if (!done_) sqlite3_exec(db_.handle(), "ROLLBACK", nullptr, nullptr, nullptr);
-  }
-  Transaction(const Transaction&) = delete;
-  Transaction& operator=(const Transaction&) = delete;
-  void commit() {
-    db_.exec("COMMIT", operation_ + " (commit)");
-    done_ = true;
-  }
-
- private:
-  Database& db_;
-  std::string operation_;
-  bool done_ = false;
-};
+// The ledger's connection: its SQLite failures are LedgerErrors, with a hint where one helps.
+std::unique_ptr<Database> open_database(const std::filesystem::path& path, bool read_only) {
+  return std::make_unique<Database>(
+      path, read_only, "ledger " + path.string(),
+      [](const std::string& message, int) { throw LedgerError(message); }, hint);
+}
 
 // Creates `path` empty with mode 0600 when it does not exist: the ledger holds record ids in clear
 // until completion, and SQLite gives its -wal and -shm files the database file's mode.
@@ -370,10 +248,10 @@ Ledger::Ledger(const std::filesystem::path& path, Access access) : path_(path) {
                       "`lethe delete --job` has run on it");
   if (!read_only) create_private_file(path_);
   check_sqlite_header(path_);
-  db_ = std::make_unique<Database>(path_, read_only);
+  db_ = open_database(path_, read_only);
   auto& db = *db_;
   if (const int rc = sqlite3_busy_timeout(db.handle(), kBusyTimeoutMs); rc != SQLITE_OK)
-    throw db.error("setting the busy timeout", rc);
+    db.raise("setting the busy timeout", rc);
 
   // Identify the file before changing anything in it (journal mode included).
   std::set<std::string> tables;

@@ -21,6 +21,10 @@
 
 namespace lethe::storage {
 
+namespace sqlite {
+class Database;  // storage/sqlite.h
+}  // namespace sqlite
+
 // Every ledger failure; the message names the operation and the ledger file, and says what to do.
 class LedgerError : public StorageError {
  public:
@@ -124,8 +128,6 @@ class Ledger {
   [[nodiscard]] LedgerSettings settings() const;
   [[nodiscard]] const std::filesystem::path& path() const { return path_; }
 
-  class Database;  // the RAII owner of the sqlite3 connection (ledger.cpp)
-
  private:
   [[nodiscard]] LedgerRequest load_locked(std::int64_t seq) const;
   [[nodiscard]] std::optional<std::int64_t> seq_of_locked(std::string_view id) const;
@@ -151,7 +153,7 @@ class Ledger {
                                               const std::optional<std::string>& idempotency_key);
 
   std::filesystem::path path_;
-  std::unique_ptr<Database> db_;
+  std::unique_ptr<sqlite::Database> db_;
   std::string salt_;  // raw bytes
   mutable std::mutex mutex_;
   std::mutex submit_mutex_;  // guards the group-commit queue below

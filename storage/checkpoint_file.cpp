@@ -10,6 +10,7 @@
 #include <set>
 #include <string_view>
 
+#include "storage/hashing.h"
 #include "storage/hdf5.h"
 
 namespace lethe::storage {
@@ -25,39 +26,6 @@ std::mutex& hdf5_mutex() {
   static std::mutex mutex;
   return mutex;
 }
-
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
-    if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1)
-      throw StorageError("cannot initialise SHA-256 (OpenSSL): check the libcrypto installation");
-  }
-  void update(const void* data, std::size_t size) {
-    if (size > 0 && EVP_DigestUpdate(ctx_.get(), data, size) != 1)
-      throw StorageError("SHA-256 update failed (OpenSSL)");
-  }
-  void update_u64(std::uint64_t value) { update(&value, sizeof value); }  // little-endian host
-  void update_text(std::string_view text) {
-    update_u64(text.size());
-    update(text.data(), text.size());
-  }
-  std::string hex() {
-    std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-    unsigned int size = 0;
-    if (EVP_DigestFinal_ex(ctx_.get(), digest.data(), &size) != 1)
-      throw StorageError("SHA-256 finalisation failed (OpenSSL)");
-    static constexpr char kHex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < size; ++i) {
-      out += kHex[digest[i] >> 4];
-      out += kHex[digest[i] & 0xf];
-    }
-    return out;
-  }
-
- private:
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx_;
-};
 
 hid_t file_type_of(TensorType type) {
   switch (type) {
@@ -126,12 +94,6 @@ TensorData read_tensor(hid_t file, std::size_t index) {
 }
 
 }  // namespace
-
-std::string sha256_hex(std::span<const std::byte> data) {
-  Sha256 sha;
-  sha.update(data.data(), data.size());
-  return sha.hex();
-}
 
 std::string checkpoint_digest(const std::vector<TensorData>& tensors, const nlohmann::json& metadata) {
   Sha256 sha;

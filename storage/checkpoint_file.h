@@ -24,9 +24,6 @@ struct CheckpointContent {
   std::vector<TensorData> tensors;  // in the order they were written
 };
 
-// Lowercase hex SHA-256 of `data` (OpenSSL EVP).
-[[nodiscard]] std::string sha256_hex(std::span<const std::byte> data);
-
 // SHA-256 over a canonical encoding of every tensor's name, type, shape and bytes (in order)
 // and of metadata.dump(); the same content always gives the same digest.
 [[nodiscard]] std::string checkpoint_digest(const std::vector<TensorData>& tensors, const nlohmann::json& metadata);

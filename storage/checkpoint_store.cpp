@@ -171,6 +171,21 @@ void CheckpointStore::remove_uncommitted(const std::string& name, const Manifest
   shred_files(leftovers);
 }
 
+void CheckpointStore::abandon(const std::string& name, int version) {
+  validate_checkpoint_name(name);
+  Manifest manifest = read_manifest(name);
+  if (manifest.entries.empty() || manifest.entries.back().version != version || manifest.next_version != version + 1) {
+    throw StorageError("cannot abandon version " + std::to_string(version) + " of checkpoint series '" + name +
+                       "': only the newest version written can be abandoned (newest: " +
+                       std::to_string(manifest.next_version - 1) + ")");
+  }
+  const fs::path file = series_dir(name) / manifest.entries.back().file;
+  manifest.entries.pop_back();
+  manifest.next_version = version;
+  commit_manifest(name, manifest);
+  shred_files({file});
+}
+
 CheckpointInfo CheckpointStore::info_of(const std::string& name, const ManifestEntry& entry) const {
   return {name, entry.version, entry.digest, entry.metadata, series_dir(name) / entry.file, entry.created};
 }
@@ -210,7 +225,16 @@ CheckpointInfo CheckpointStore::write(const std::string& name, const std::vector
 
   manifest.entries.push_back(entry);
   manifest.next_version = entry.version + 1;
-  commit_manifest(name, manifest);
+  try {
+    commit_manifest(name, manifest);
+  } catch (...) {
+    // Unlisted, the version does not exist; its file goes now rather than at the next write.
+    try {
+      shred_file(target);
+    } catch (const std::exception&) {
+    }
+    throw;
+  }
   return info_of(name, entry);
 }
 

@@ -74,6 +74,10 @@ class CheckpointStore {
   void purge(const std::string& name, const std::vector<int>& versions);
   // Purges every version of `name`. The manifest stays (empty) so versions are never reused.
   void purge_all(const std::string& name);
+  // Undoes write() of the series' newest version, which nothing references (a deletion batch that
+  // did not commit): the manifest is committed as it was before that write, then the file is
+  // shredded. StorageError unless `version` is the newest ever written.
+  void abandon(const std::string& name, int version);
 
   [[nodiscard]] const std::filesystem::path& root() const { return root_; }
 

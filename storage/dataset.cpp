@@ -1,16 +1,20 @@
 #include "storage/dataset.h"
 
 #include <nlohmann/json.hpp>
+#include <openssl/rand.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cstring>
 #include <numeric>
 #include <stdexcept>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "storage/durable_file.h"
 #include "storage/error.h"
+#include "storage/hashing.h"
 #include "storage/hdf5.h"
 
 namespace lethe::storage {
@@ -62,6 +66,23 @@ void write_1d(hid_t file, const char* name, hid_t stored_type, hid_t memory, con
   if (size > 0) h5::check(H5Dwrite(dataset.get(), memory, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), what);
 }
 
+// RFC 4122 version 4.
+std::string random_uuid() {
+  std::array<unsigned char, 16> bytes{};
+  if (RAND_bytes(bytes.data(), static_cast<int>(bytes.size())) != 1)
+    throw StorageError("cannot draw a dataset uuid: OpenSSL's random generator failed");
+  bytes[6] = static_cast<unsigned char>((bytes[6] & 0x0f) | 0x40);
+  bytes[8] = static_cast<unsigned char>((bytes[8] & 0x3f) | 0x80);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+    out += kHex[bytes[i] >> 4];
+    out += kHex[bytes[i] & 0xf];
+  }
+  return out;
+}
+
 std::string damaged(const fs::path& path, const std::string& what) {
   return "'" + path.string() + "' is a damaged Lethe dataset: " + what +
          "; restore it from a backup or ingest the source again";
@@ -69,15 +90,15 @@ std::string damaged(const fs::path& path, const std::string& what) {
 
 template <typename T>
 std::vector<T> read_1d(hid_t file, const char* name, hid_t memory, uint64_t expected, const fs::path& path) {
-  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) throw StorageError(damaged(path, std::string("'") + name + "' is missing"));
+  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) throw StorageError(StorageErrorKind::kDamaged, damaged(path, std::string("'") + name + "' is missing"));
   const std::string what = "reading '" + std::string(name) + "' in '" + path.string() + "'";
   h5::Dataset dataset(h5::check(H5Dopen2(file, name, H5P_DEFAULT), what));
   h5::Dataspace space(h5::check(H5Dget_space(dataset.get()), what));
   hsize_t size = 0;
-  if (H5Sget_simple_extent_ndims(space.get()) != 1) throw StorageError(damaged(path, std::string("'") + name + "' is not 1-D"));
+  if (H5Sget_simple_extent_ndims(space.get()) != 1) throw StorageError(StorageErrorKind::kDamaged, damaged(path, std::string("'") + name + "' is not 1-D"));
   h5::check(H5Sget_simple_extent_dims(space.get(), &size, nullptr), what);
   if (expected != UINT64_MAX && size != expected)
-    throw StorageError(damaged(path, std::string("'") + name + "' has " + std::to_string(size) + " entries, expected " +
+    throw StorageError(StorageErrorKind::kDamaged, damaged(path, std::string("'") + name + "' has " + std::to_string(size) + " entries, expected " +
                                          std::to_string(expected)));
   std::vector<T> values(size);
   if (size > 0) h5::check(H5Dread(dataset.get(), memory, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), what);
@@ -99,7 +120,7 @@ uint64_t parse_u64(const std::string& text, const char* name, const fs::path& pa
   uint64_t value = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (ec != std::errc() || end != text.data() + text.size())
-    throw StorageError(damaged(path, std::string("attribute '") + name + "' is not a number: '" + text + "'"));
+    throw StorageError(StorageErrorKind::kDamaged, damaged(path, std::string("attribute '") + name + "' is not a number: '" + text + "'"));
   return value;
 }
 
@@ -176,6 +197,7 @@ DatasetWriter::DatasetWriter(fs::path path, DatasetLayout layout) : impl_(std::m
     throw std::invalid_argument("a dataset needs a non-empty feature shape with no zero dimension (writing '" +
                                 w.path.string() + "')");
   w.record_bytes = w.layout.bytes_per_record();
+  if (w.layout.uuid.empty()) w.layout.uuid = random_uuid();
   if (w.layout.chunk_records == 0) w.layout.chunk_records = default_chunk_records(w.record_bytes);
   w.pending.resize(w.layout.chunk_records * w.record_bytes);
 
@@ -267,6 +289,7 @@ void DatasetWriter::commit() {
   h5::write_string_attribute(root.get(), "feature_shape", nlohmann::json(w.layout.feature_shape).dump());
   h5::write_string_attribute(root.get(), "public_fraction", nlohmann::json(w.layout.public_fraction).dump());
   h5::write_string_attribute(root.get(), "source", w.layout.source);
+  h5::write_string_attribute(root.get(), "uuid", w.layout.uuid);
   root.reset();
 
   h5::check(H5Fflush(file, H5F_SCOPE_GLOBAL), "flushing " + where);
@@ -349,7 +372,7 @@ Dataset Dataset::open(const fs::path& path, bool writable) {
     throw StorageError(name + " is a Lethe file of kind '" + format + "', not a dataset ('" +
                        std::string(kDatasetFormat) + "'): pass a file written by `lethe ingest`");
   const auto attribute = [&](const char* key) {
-    if (!h5::has_attribute(root.get(), key)) throw StorageError(damaged(path, std::string("attribute '") + key + "' is missing"));
+    if (!h5::has_attribute(root.get(), key)) throw StorageError(StorageErrorKind::kDamaged, damaged(path, std::string("attribute '") + key + "' is missing"));
     return h5::read_string_attribute(root.get(), key);
   };
   const uint64_t version = parse_u64(attribute("lethe_format_version"), "lethe_format_version", path);
@@ -364,16 +387,17 @@ Dataset Dataset::open(const fs::path& path, bool writable) {
   } catch (const StorageError&) {
     throw;
   } catch (const std::exception& e) {
-    throw StorageError(damaged(path, std::string("a layout attribute is invalid (") + e.what() + ")"));
+    throw StorageError(StorageErrorKind::kDamaged, damaged(path, std::string("a layout attribute is invalid (") + e.what() + ")"));
   }
   d->layout.source = attribute("source");
+  if (h5::has_attribute(root.get(), "uuid")) d->layout.uuid = h5::read_string_attribute(root.get(), "uuid");
   root.reset();
   if (d->layout.feature_shape.empty() || d->layout.values_per_record() == 0)
-    throw StorageError(damaged(path, "attribute 'feature_shape' is empty or has a zero dimension"));
+    throw StorageError(StorageErrorKind::kDamaged, damaged(path, "attribute 'feature_shape' is empty or has a zero dimension"));
   d->record_bytes = d->layout.bytes_per_record();
   d->assigner.emplace(d->layout.seed);
 
-  if (H5Lexists(file, kFeatures, H5P_DEFAULT) <= 0) throw StorageError(damaged(path, "'features' is missing"));
+  if (H5Lexists(file, kFeatures, H5P_DEFAULT) <= 0) throw StorageError(StorageErrorKind::kDamaged, damaged(path, "'features' is missing"));
   const std::string what = "opening 'features' in " + name;
   {
     // Room for a few chunks: reads of scattered rows in one chunk decode it once.
@@ -385,18 +409,18 @@ Dataset Dataset::open(const fs::path& path, bool writable) {
   h5::Dataspace space(h5::check(H5Dget_space(d->features.get()), what));
   const int rank = H5Sget_simple_extent_ndims(space.get());
   if (rank != static_cast<int>(d->layout.feature_shape.size()) + 1)
-    throw StorageError(damaged(path, "'features' has rank " + std::to_string(rank) + ", expected " +
+    throw StorageError(StorageErrorKind::kDamaged, damaged(path, "'features' has rank " + std::to_string(rank) + ", expected " +
                                          std::to_string(d->layout.feature_shape.size() + 1)));
   std::vector<hsize_t> dims(rank);
   h5::check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), what);
   for (int k = 1; k < rank; ++k)
     if (dims[k] != d->layout.feature_shape[k - 1])
-      throw StorageError(damaged(path, "'features' does not have the shape given by attribute 'feature_shape'"));
+      throw StorageError(StorageErrorKind::kDamaged, damaged(path, "'features' does not have the shape given by attribute 'feature_shape'"));
   d->rows = dims[0];
   {
     h5::PropList dcpl(h5::check(H5Dget_create_plist(d->features.get()), what));
     std::vector<hsize_t> chunk(rank);
-    if (H5Pget_layout(dcpl.get()) != H5D_CHUNKED) throw StorageError(damaged(path, "'features' is not chunked"));
+    if (H5Pget_layout(dcpl.get()) != H5D_CHUNKED) throw StorageError(StorageErrorKind::kDamaged, damaged(path, "'features' is not chunked"));
     h5::check(H5Pget_chunk(dcpl.get(), rank, chunk.data()), what);
     d->layout.chunk_records = chunk[0];
   }
@@ -413,17 +437,17 @@ Dataset Dataset::open(const fs::path& path, bool writable) {
 
   if (d->id_offsets.front() != 0 || d->id_offsets.back() != d->id_chars.size() ||
       !std::is_sorted(d->id_offsets.begin(), d->id_offsets.end()))
-    throw StorageError(damaged(path, "'id_offsets' does not index 'id_chars'"));
+    throw StorageError(StorageErrorKind::kDamaged, damaged(path, "'id_offsets' does not index 'id_chars'"));
   d->subjects.resize(d->rows);
   d->row_by_id.reserve(d->rows);
   for (uint64_t row = 0; row < d->rows; ++row) {
     const std::string_view id(d->id_chars.data() + d->id_offsets[row], d->id_offsets[row + 1] - d->id_offsets[row]);
     const auto [it, inserted] = d->row_by_id.emplace(id, row);
     if (!inserted)
-      throw StorageError(damaged(path, "id '" + std::string(id) + "' appears at rows " + std::to_string(it->second) +
+      throw StorageError(StorageErrorKind::kDamaged, damaged(path, "id '" + std::string(id) + "' appears at rows " + std::to_string(it->second) +
                                            " and " + std::to_string(row)));
     if (d->subject_offsets[row] + d->subject_lengths[row] > subject_chars.size())
-      throw StorageError(damaged(path, "the subject of row " + std::to_string(row) + " lies outside 'subject_chars'"));
+      throw StorageError(StorageErrorKind::kDamaged, damaged(path, "the subject of row " + std::to_string(row) + " lies outside 'subject_chars'"));
     const auto* first = subject_chars.data() + d->subject_offsets[row];
     d->subjects[row].assign(first, first + d->subject_lengths[row]);
     if (d->tombstoned[row]) {
@@ -470,9 +494,23 @@ std::optional<uint64_t> Dataset::find(std::string_view id) const {
   return it->second;
 }
 
+std::string Dataset::content_digest(std::span<const uint64_t> assume_tombstoned) const {
+  std::unordered_set<uint64_t> extra(assume_tombstoned.begin(), assume_tombstoned.end());
+  Sha256 sha;
+  sha.update_text("lethe-dataset-content-v1");
+  sha.update_text(impl_->layout.uuid);
+  sha.update_u64(impl_->rows);
+  for (uint64_t row = 0; row < impl_->rows; ++row) {
+    sha.update_text(id(row));
+    const char tombstoned = impl_->tombstoned[row] != 0 || extra.count(row) != 0 ? 1 : 0;
+    sha.update(&tombstoned, 1);
+  }
+  return sha.hex();
+}
+
 uint64_t Dataset::row_of(std::string_view id) const {
   if (const auto row = find(id)) return *row;
-  throw StorageError("no record with id '" + std::string(id) + "' in '" + impl_->path.string() +
+  throw StorageError(StorageErrorKind::kNotFound, "no record with id '" + std::string(id) + "' in '" + impl_->path.string() +
                      "': check the id (`lethe inspect` shows the dataset)");
 }
 

@@ -34,6 +34,9 @@ struct DatasetLayout {
   double public_fraction = 0.0;         // as given at ingest, for inspection only
   std::string source;                   // where the records came from, for inspection only
   uint64_t chunk_records = 0;           // records per feature chunk; 0 chooses about 1 MiB
+  // Names this dataset across copies and compaction; a new ingest gets a new one. Empty when the
+  // writer should make one (random), and in files written before it existed.
+  std::string uuid;
 
   [[nodiscard]] uint64_t values_per_record() const;
   [[nodiscard]] uint64_t bytes_per_record() const;
@@ -104,6 +107,12 @@ class Dataset {
   [[nodiscard]] const std::filesystem::path& path() const;
   [[nodiscard]] const DatasetLayout& layout() const;
   [[nodiscard]] const RecordAssigner& assigner() const;
+  [[nodiscard]] const std::string& uuid() const { return layout().uuid; }
+
+  // Lowercase hex SHA-256 of the uuid and every row's id and tombstone flag, in row order: what a
+  // job records of its dataset, so that a re-ingested, restored or edited file is told apart.
+  // `assume_tombstoned` rows count as tombstoned (the digest an erasure of them will give).
+  [[nodiscard]] std::string content_digest(std::span<const uint64_t> assume_tombstoned = {}) const;
 
   // Rows in the file, tombstoned ones included; rows are numbered 0..size()-1.
   [[nodiscard]] uint64_t size() const;

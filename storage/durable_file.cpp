@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -20,7 +21,7 @@ std::string errno_text() { return std::strerror(errno); }
 // A file descriptor closed on scope exit.
 class Fd {
  public:
-  Fd(const std::filesystem::path& path, int flags) : fd_(::open(path.c_str(), flags | O_CLOEXEC)) {
+  Fd(const std::filesystem::path& path, int flags) : fd_(::open(path.c_str(), flags | O_CLOEXEC, 0644)) {
     if (fd_ < 0) throw StorageError("cannot open '" + path.string() + "': " + errno_text());
   }
   Fd(const Fd&) = delete;
@@ -54,12 +55,53 @@ void fsync_directory(const std::filesystem::path& dir) {
   fsync_fd(fd, dir);
 }
 
+void write_file_durably(const std::filesystem::path& path, std::string_view content) {
+  const auto tmp = temp_path_for(path);
+  {
+    Fd fd(tmp, O_WRONLY | O_CREAT | O_TRUNC);
+    for (std::size_t done = 0; done < content.size();) {
+      const auto n = ::write(fd.get(), content.data() + done, content.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        const auto error = errno_text();
+        ::unlink(tmp.c_str());
+        throw StorageError("cannot write '" + tmp.string() + "': " + error + " (the old '" + path.string() +
+                           "' is unchanged; free space or fix permissions and retry)");
+      }
+      done += static_cast<std::size_t>(n);
+    }
+  }
+  commit_file(tmp, path);
+}
+
 void commit_file(const std::filesystem::path& written, const std::filesystem::path& target) {
-  fsync_file(written);
-  if (::rename(written.c_str(), target.c_str()) != 0)
-    throw StorageError("cannot rename '" + written.string() + "' to '" + target.string() + "': " + errno_text());
+  try {
+    fault_injection::on_commit(target);
+    fsync_file(written);
+    if (::rename(written.c_str(), target.c_str()) != 0)
+      throw StorageError("cannot rename '" + written.string() + "' to '" + target.string() + "': " + errno_text());
+  } catch (...) {
+    ::unlink(written.c_str());  // never committed: the old target stays as it was
+    throw;
+  }
   fsync_directory(target.parent_path());
 }
+
+namespace fault_injection {
+namespace {
+std::atomic<int> commits_until_failure{0};
+}  // namespace
+
+void fail_nth_commit(int nth) { commits_until_failure.store(nth); }
+
+void on_commit(const std::filesystem::path& target) {
+  if (commits_until_failure.load(std::memory_order_relaxed) == 0) return;
+  if (commits_until_failure.fetch_sub(1) == 1) {
+    throw StorageError("cannot commit '" + target.string() +
+                       "': No space left on device (injected by a test: storage/durable_file.h fault_injection)");
+  }
+}
+}  // namespace fault_injection
 
 namespace {
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <string_view>
 #include <vector>
 
 namespace lethe::storage {
@@ -19,10 +20,24 @@ void fsync_directory(const std::filesystem::path& dir);
 // A crash at any point leaves either the old or the new `target`, never a torn one.
 void commit_file(const std::filesystem::path& written, const std::filesystem::path& target);
 
+// Writes `content` to "<path>.tmp" and commits it to `path` (commit_file). StorageError naming the
+// file when a write fails (e.g. a full disk); the old `path`, if any, is left as it was.
+void write_file_durably(const std::filesystem::path& path, std::string_view content);
+
 // Overwrites every byte of `path` with zeros, fsyncs, unlinks it and fsyncs its
 // directory, so that its content is gone from the file system's view of the disk.
 void shred_file(const std::filesystem::path& path);
 // The same for several files, with one fsync per directory for their unlinks.
 void shred_files(const std::vector<std::filesystem::path>& paths);
+
+// Tests only: faults at the commit boundary, where a full disk or a failing write surfaces. Off
+// unless a test arms it (one relaxed atomic load per commit otherwise).
+namespace fault_injection {
+// The `nth` commit_file from now (1: the next) throws StorageError as a full disk would, before
+// anything is renamed; 0 disarms. Process-wide.
+void fail_nth_commit(int nth);
+// Called by commit_file.
+void on_commit(const std::filesystem::path& target);
+}  // namespace fault_injection
 
 }  // namespace lethe::storage

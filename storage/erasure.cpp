@@ -10,7 +10,7 @@ namespace {
 
 void refuse_public(const Dataset& dataset, uint64_t row, const ErasureOptions& options) {
   if (options.allow_public || !dataset.is_public(row) || dataset.is_tombstoned(row)) return;
-  throw StorageError("record '" + std::string(dataset.id(row)) + "' in '" + dataset.path().string() +
+  throw StorageError(StorageErrorKind::kRefused, "record '" + std::string(dataset.id(row)) + "' in '" + dataset.path().string() +
                      "' is public: it was used to pretrain the frozen backbone, and erasing its bytes does not "
                      "remove it from the backbone; allow public erasure (--allow-public) only together with a full "
                      "retrain of the backbone. Nothing was erased");
@@ -34,7 +34,7 @@ ErasureReport erase_records(Dataset& dataset, std::span<const std::string> ids, 
   for (const std::string& id : ids) {
     const auto row = dataset.find(id);
     if (!row)
-      throw StorageError("cannot erase record '" + id + "': no record with this id in '" + dataset.path().string() +
+      throw StorageError(StorageErrorKind::kNotFound, "cannot erase record '" + id + "': no record with this id in '" + dataset.path().string() +
                          "'. Nothing was erased; check the ids and retry");
     refuse_public(dataset, *row, options);
     if (seen.insert(*row).second) rows.push_back(*row);

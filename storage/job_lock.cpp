@@ -37,7 +37,7 @@ JobLock::JobLock(const std::filesystem::path& job_dir, const std::string& holder
     ::close(fd_);
     fd_ = -1;
     if (error == EWOULDBLOCK) {
-      throw StorageError(job_dir.string() + " is in use by " + other +
+      throw StorageError(StorageErrorKind::kLocked, job_dir.string() + " is in use by " + other +
                          "; only one of `lethe serve`, `lethe delete --job` and `lethe retrain` may write a job at a "
                          "time: stop it (or send deletions to its HTTP service) and try again");
     }

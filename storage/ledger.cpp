@@ -13,8 +13,8 @@
 #include <set>
 #include <span>
 
-#include "storage/checkpoint_file.h"
 #include "storage/durable_file.h"
+#include "storage/hashing.h"
 #include "storage/sqlite.h"
 
 namespace lethe::storage {
@@ -416,7 +416,7 @@ std::pair<std::int64_t, bool> Ledger::submit_locked(const std::vector<std::strin
     if (earlier.step()) {
       const auto seq = earlier.int64(0);
       if (earlier.text(2) != payload)
-        throw LedgerError("ledger " + path_.string() + ": the idempotency key was already used for request " +
+        throw LedgerError(StorageErrorKind::kIdempotencyConflict, "ledger " + path_.string() + ": the idempotency key was already used for request " +
                           earlier.text(1) + ", which named other records or another subject; use a new key for a new request");
       return {seq, false};
     }
@@ -634,6 +634,22 @@ std::map<RequestStatus, std::int64_t> Ledger::counts() const {
     counts[*status] = select.int64(1);
   }
   return counts;
+}
+
+ClearValues Ledger::clear_values() const {
+  const std::lock_guard lock(mutex_);
+  ClearValues out;
+  Statement records(*db_,
+                    "SELECT COUNT(*) FROM request_records r JOIN requests q ON q.seq = r.request_seq "
+                    "WHERE r.record_id IS NOT NULL AND q.status IN ('completed', 'failed')",
+                    "counting clear record ids");
+  if (records.step()) out.finished_record_ids = records.int64(0);
+  Statement requests(*db_,
+                     "SELECT COUNT(*) FROM requests WHERE (subject IS NOT NULL OR idempotency_key IS NOT NULL) "
+                     "AND status IN ('completed', 'failed')",
+                     "counting clear subjects and keys");
+  if (requests.step()) out.finished_subjects_or_keys = requests.int64(0);
+  return out;
 }
 
 void Ledger::scrub() {

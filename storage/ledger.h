@@ -53,6 +53,13 @@ struct SubmitResult {
   bool created = false;  // false: an earlier request with the same idempotency key
 };
 
+// Clear record ids, subjects and idempotency keys left in rows of finished (completed or failed)
+// requests; both 0 in a ledger that keeps its promise.
+struct ClearValues {
+  std::int64_t finished_record_ids = 0;
+  std::int64_t finished_subjects_or_keys = 0;
+};
+
 // Effective connection settings, read back from SQLite (for tests and diagnostics).
 struct LedgerSettings {
   std::string journal_mode;  // "wal"
@@ -114,6 +121,10 @@ class Ledger {
 
   // Number of requests in each status (every status present, zero included), for /metrics.
   [[nodiscard]] std::map<RequestStatus, std::int64_t> counts() const;
+
+  // Clear values the ledger still holds for finished requests: none, when the ledger keeps its
+  // promise (docs/LEDGER.md). For audits (`lethe status`).
+  [[nodiscard]] ClearValues clear_values() const;
 
   // Lowercase hex SHA-256 of (this ledger's 32-byte random salt || id). Stable for the life of
   // the ledger file; different between ledgers.

@@ -7,26 +7,16 @@
 #include <stdexcept>
 #include <string>
 
+#include "storage/hashing.h"
+
 namespace lethe::storage {
 namespace {
-
-constexpr uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
 
 uint64_t load_le64(const uint8_t* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
   return v;
 }
-
-struct SipState {
-  uint64_t v0, v1, v2, v3;
-  void round() {
-    v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32);
-    v2 += v3; v3 = rotl(v3, 16); v3 ^= v2;
-    v0 += v3; v3 = rotl(v3, 21); v3 ^= v0;
-    v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32);
-  }
-};
 
 // Maps a uniform 64-bit hash onto [0, n) without the modulo bias of h % n (Lemire 2019).
 int reduce(uint64_t h, int n) {
@@ -40,30 +30,6 @@ void require_positive(int count, const char* what) {
 }
 
 }  // namespace
-
-uint64_t siphash24(uint64_t k0, uint64_t k1, std::span<const uint8_t> message) {
-  SipState s{k0 ^ 0x736f6d6570736575ULL, k1 ^ 0x646f72616e646f6dULL, k0 ^ 0x6c7967656e657261ULL,
-             k1 ^ 0x7465646279746573ULL};
-  const size_t length = message.size();
-  const uint8_t* data = message.data();
-  const size_t whole = length - length % 8;
-  for (size_t i = 0; i < whole; i += 8) {
-    const uint64_t m = load_le64(data + i);
-    s.v3 ^= m;
-    s.round();
-    s.round();
-    s.v0 ^= m;
-  }
-  uint64_t last = static_cast<uint64_t>(length & 0xff) << 56;
-  for (size_t i = 0; i < length % 8; ++i) last |= static_cast<uint64_t>(data[whole + i]) << (8 * i);
-  s.v3 ^= last;
-  s.round();
-  s.round();
-  s.v0 ^= last;
-  s.v2 ^= 0xff;
-  for (int i = 0; i < 4; ++i) s.round();
-  return s.v0 ^ s.v1 ^ s.v2 ^ s.v3;
-}
 
 RecordAssigner::RecordAssigner(uint64_t seed) : seed_(seed) {
   // Each purpose gets its own 128-bit key: SHA-256("lethe/record-assignment/v1/<purpose>" || seed).

@@ -7,11 +7,9 @@
 #include <span>
 #include <string_view>
 
-namespace lethe::storage {
+#include "storage/hashing.h"  // siphash24
 
-// SipHash-2-4 (Aumasson & Bernstein, 2012) of `message` under the 128-bit key (k0, k1),
-// the keys being the little-endian halves of the 16-byte key of the reference code.
-[[nodiscard]] uint64_t siphash24(uint64_t k0, uint64_t k1, std::span<const uint8_t> message);
+namespace lethe::storage {
 
 struct Assignment {
   int shard = 0;  // in [0, shards)

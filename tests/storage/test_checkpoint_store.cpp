@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "storage/checkpoint_store.h"
+#include "storage/hashing.h"
 #include "storage/hdf5.h"
 #include "tests/storage/test_checkpoint_support.h"
 

@@ -16,7 +16,7 @@ using nlohmann::json;
 namespace {
 
 // Rank 0's commands to the other ranks, one broadcast each.
-enum Command : std::int64_t { kHeartbeat = 0, kBatch = 1, kForget = 2, kStop = 3 };
+enum Command : std::int64_t { kHeartbeat = 0, kBatch = 1, kStop = 3 };
 
 // Milliseconds since `start`, for the per-phase timings logged at debug level.
 double elapsed_ms(std::chrono::steady_clock::time_point start) {
@@ -34,16 +34,14 @@ DeletionRequest request_of(const storage::LedgerRequest& row) {
   return request;
 }
 
-// The receipt's per-record part: salted hashes only, never the ids in clear.
-json records_part(const std::vector<ResolvedRecord>& records, const storage::Ledger& ledger) {
+// The receipt's per-record part: salted hashes only, never the ids in clear; each route adds what
+// it knows of a deleted record (e.g. its S3T shard and slice).
+json records_part(const std::vector<ResolvedRecord>& records, const storage::Ledger& ledger, const JobRouter& router) {
   json out = json::array();
   for (const auto& record : records) {
     json entry = {{"id_hash", ledger.hash_id(record.id)}, {"outcome", to_string(record.outcome)}};
     if (record.outcome == RecordOutcome::kDelete) {
-      if (record.shard >= 0) {
-        entry["shard"] = record.shard;
-        entry["slice"] = record.slice;
-      }
+      router.describe_record(record.id, entry);
     } else {
       entry["reason"] = reason(record.outcome);
     }
@@ -52,13 +50,13 @@ json records_part(const std::vector<ResolvedRecord>& records, const storage::Led
   return out;
 }
 
+std::int64_t deleted_count(const std::vector<ResolvedRecord>& records) {
+  return std::count_if(records.begin(), records.end(), [](const auto& r) { return r.outcome == RecordOutcome::kDelete; });
+}
+
 json request_part(const storage::LedgerRequest& row) {
   if (row.subject_hash) return {{"subject_hash", *row.subject_hash}};
   return {{"records", row.record_hashes.size()}};
-}
-
-std::int64_t deleted_count(const json& records) {
-  return std::count_if(records.begin(), records.end(), [](const json& r) { return r.at("outcome") == "deleted"; });
 }
 
 }  // namespace
@@ -263,16 +261,9 @@ void Coordinator::process(const std::vector<std::string>& ids) {
 void Coordinator::process_once(const std::vector<storage::LedgerRequest>& requests) {
   // Requests whose batch the manifest already holds (a restart) only need finishing.
   if (const auto committed = router_.committed_batch_of(requests.front().id)) {
+    // The routes loaded that batch's state from the manifest; only its files are left to finish.
     std::vector<std::vector<ResolvedRecord>> records;
-    std::vector<std::string> forget;
-    for (const auto& row : requests) {
-      records.push_back(router_.resolve(request_of(row)));
-      for (const auto& record : records.back()) {
-        if (record.outcome == RecordOutcome::kDelete) forget.push_back(record.id);
-      }
-    }
-    send_command(kForget);
-    router_.forget_in_shares(forget);
+    for (const auto& row : requests) records.push_back(router_.resolve(request_of(row)));
     finish(requests, records, *committed);
     return;
   }
@@ -306,9 +297,10 @@ void Coordinator::finish(const std::vector<storage::LedgerRequest>& requests,
     const auto& row = requests[i];
     // A request applied before a restart keeps the record outcomes it was applied with (its records
     // may since have been erased, which a fresh resolution would report as "already erased").
-    json per_record = row.status == storage::RequestStatus::kApplied && row.receipt.contains("records")
-                          ? row.receipt["records"]
-                          : records_part(records[i], ledger_);
+    const bool reapplied = row.status == storage::RequestStatus::kApplied && row.receipt.contains("records");
+    json per_record = reapplied ? row.receipt["records"] : records_part(records[i], ledger_, router_);
+    // Counted from the typed outcomes when they were resolved (applied before a restart: as stored).
+    const json erased = reapplied ? row.receipt.value("records_erased", json(nullptr)) : json(deleted_count(records[i]));
     for (const auto& record : records[i]) {
       if (record.outcome == RecordOutcome::kDelete && seen.insert(record.id).second) erase.push_back(record.id);
     }
@@ -321,7 +313,8 @@ void Coordinator::finish(const std::vector<storage::LedgerRequest>& requests,
                     {"records", per_record},
                     {"batch", {{"requests", outcome.request_ids.size()}, {"records_deleted", outcome.records_deleted}}},
                     {"models", outcome.models},
-                    {"model_version", outcome.model_version}};
+                    {"model_version", outcome.model_version},
+                    {"records_erased", erased}};
     if (row.status == storage::RequestStatus::kQueued) newly_applied.emplace_back(row.id, receipt);
     receipts.push_back(std::move(receipt));
   }
@@ -339,7 +332,6 @@ void Coordinator::finish(const std::vector<storage::LedgerRequest>& requests,
     auto& receipt = receipts[i];
     receipt["status"] = "completed";
     receipt["completed_at"] = iso_time(completed_ms);
-    receipt["records_erased"] = deleted_count(receipt["records"]);
     completed.emplace_back(requests[i].id, std::move(receipt));
     latencies.push_back(static_cast<double>(completed_ms - requests[i].submitted_ms) / 1000.0);
   }
@@ -401,7 +393,6 @@ void follow_coordinator(JobRouter& router, comm::Communicator& comm) {
       switch (command) {
         case kHeartbeat: break;
         case kBatch: (void)router.apply_batch({}, {}); break;
-        case kForget: router.forget_in_shares({}); break;
         case kStop: return;
         default:
           throw comm::CommError("rank " + std::to_string(comm.rank()) + ": unknown command " + std::to_string(command) +
@@ -410,7 +401,7 @@ void follow_coordinator(JobRouter& router, comm::Communicator& comm) {
     } catch (const comm::CommError&) {
       throw;
     } catch (const std::exception& e) {
-      // Every rank agreed on this failure (JobRouter uses agree_on_failure); rank 0 retries the batch.
+      // Every rank agreed on this failure (comm/agree.h); rank 0 retries the batch.
       spdlog::warn("rank {}: batch failed: {}", comm.rank(), e.what());
     }
   }

@@ -1,22 +1,16 @@
 #include "deletion/job_session.h"
 
-#include "trainer/s3t_job.h"
+#include "comm/agree.h"
 
 namespace lethe::deletion {
 
 JobSession::JobSession(const std::filesystem::path& job_dir, comm::Communicator& comm, const std::string& holder,
                        CoordinatorOptions options, const std::function<void()>& preflight) {
-  std::string error;
-  if (comm.rank() == 0) {
-    try {
-      lock_ = std::make_unique<storage::JobLock>(job_dir, holder);
-      if (preflight) preflight();
-      ledger_ = std::make_unique<storage::Ledger>(storage::job_ledger_path(job_dir));
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-  }
-  trainer::agree_on_failure(comm, error, "opening the job " + job_dir.string());
+  comm::on_root(comm, "opening the job " + job_dir.string(), [&] {
+    lock_ = std::make_unique<storage::JobLock>(job_dir, holder);
+    if (preflight) preflight();
+    ledger_ = std::make_unique<storage::Ledger>(storage::job_ledger_path(job_dir));
+  });
   router_ = std::make_unique<JobRouter>(job_dir, comm);
   if (comm.rank() == 0) coordinator_ = std::make_unique<Coordinator>(*router_, *ledger_, comm, options);
 }

@@ -26,29 +26,23 @@ std::string_view reason(RecordOutcome outcome) {
 
 namespace {
 
-ResolvedRecord resolve_row(const storage::Dataset& dataset, std::string id, std::uint64_t row,
-                           const std::optional<Partition>& partition) {
+ResolvedRecord resolve_row(const storage::Dataset& dataset, std::string id, std::uint64_t row) {
   ResolvedRecord record{std::move(id), RecordOutcome::kDelete, row};
   if (dataset.is_tombstoned(row)) {
     record.outcome = RecordOutcome::kAlreadyErased;
   } else if (dataset.is_public(row)) {
     record.outcome = RecordOutcome::kPublic;
-  } else if (partition) {
-    const auto assignment = dataset.assigner().assign(record.id, partition->shards, partition->slices);
-    record.shard = assignment.shard;
-    record.slice = assignment.slice;
   }
   return record;
 }
 
 }  // namespace
 
-std::vector<ResolvedRecord> resolve_records(const storage::Dataset& dataset, const DeletionRequest& request,
-                                            const std::optional<Partition>& partition) {
+std::vector<ResolvedRecord> resolve_records(const storage::Dataset& dataset, const DeletionRequest& request) {
   std::vector<ResolvedRecord> out;
   if (request.subject) {
     for (const auto row : dataset.rows_of_subject(*request.subject)) {
-      out.push_back(resolve_row(dataset, std::string(dataset.id(row)), row, partition));
+      out.push_back(resolve_row(dataset, std::string(dataset.id(row)), row));
     }
     if (out.empty()) out.push_back({*request.subject, RecordOutcome::kUnknown});
     return out;
@@ -59,7 +53,7 @@ std::vector<ResolvedRecord> resolve_records(const storage::Dataset& dataset, con
     if (!row) {
       out.push_back({id, RecordOutcome::kUnknown});
     } else {
-      out.push_back(resolve_row(dataset, id, *row, partition));
+      out.push_back(resolve_row(dataset, id, *row));
     }
   }
   return out;

@@ -1,5 +1,5 @@
 // deletion/record_resolution.h — what a deletion request names, record by record: which rows of the
-// job's dataset, in which S3T shard and slice, and why a named record cannot be deleted (unknown, public).
+// job's dataset, and why a named record cannot be deleted (unknown, public, already erased).
 #pragma once
 
 #include <cstdint>
@@ -29,19 +29,10 @@ struct ResolvedRecord {
   std::string id;
   RecordOutcome outcome = RecordOutcome::kUnknown;
   std::optional<std::uint64_t> row;  // set unless unknown
-  int shard = -1;                    // S3T assignment; -1 when the job has no S3T model or the record is not deletable
-  int slice = -1;
-};
-
-// S3T's partition of the dataset, when the job has an S3T model.
-struct Partition {
-  int shards = 0;
-  int slices = 0;
 };
 
 // The records of `request`. For a subject, its live records (each public one reported as kPublic);
 // a subject without live records gives one kUnknown entry whose id is the subject.
-[[nodiscard]] std::vector<ResolvedRecord> resolve_records(const storage::Dataset& dataset, const DeletionRequest& request,
-                                                          const std::optional<Partition>& partition);
+[[nodiscard]] std::vector<ResolvedRecord> resolve_records(const storage::Dataset& dataset, const DeletionRequest& request);
 
 }  // namespace lethe::deletion

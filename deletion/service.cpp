@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "storage/error.h"
+#include "trainer/error.h"
 
 namespace lethe::deletion {
 
@@ -38,7 +39,7 @@ http::Response submit(Coordinator& coordinator, const http::Request& request) {
     return response;
   } catch (const storage::LedgerError& e) {
     // The only client-caused ledger error: an idempotency key reused for another request.
-    if (deletion.idempotency_key && std::string_view(e.what()).find("idempotency") != std::string_view::npos) {
+    if (e.kind() == storage::StorageErrorKind::kIdempotencyConflict) {
       return http::json_error(409, "idempotency_key_reused", e.what(), "idempotency_key");
     }
     throw;
@@ -97,11 +98,17 @@ std::string render_metrics(const CoordinatorMetrics& metrics, const JobRouter& r
   out << "# HELP lethe_model_version The job's model version (one more per applied batch).\n"
          "# TYPE lethe_model_version gauge\n"
       << "lethe_model_version " << router.model_version() << "\n";
-  const auto depths = router.live_depths();
-  if (!depths.empty()) {
-    out << "# HELP lethe_s3t_live_depth Served prefix depth per S3T shard (0: dead, retrain scheduled).\n"
-           "# TYPE lethe_s3t_live_depth gauge\n";
-    for (std::size_t k = 0; k < depths.size(); ++k) out << "lethe_s3t_live_depth{shard=\"" << k << "\"} " << depths[k] << "\n";
+  std::string last_gauge;
+  for (const auto& gauge : router.gauges()) {
+    if (gauge.name != last_gauge) {
+      out << "# HELP " << gauge.name << " " << gauge.help << "\n# TYPE " << gauge.name << " gauge\n";
+      last_gauge = gauge.name;
+    }
+    out << gauge.name;
+    for (std::size_t i = 0; i < gauge.labels.size(); ++i) {
+      out << (i == 0 ? "{" : ",") << gauge.labels[i].first << "=\"" << gauge.labels[i].second << "\"";
+    }
+    out << (gauge.labels.empty() ? " " : "} ") << gauge.value << "\n";
   }
   out << "# HELP lethe_http_responses_total HTTP responses by status class.\n"
          "# TYPE lethe_http_responses_total counter\n";
@@ -156,7 +163,8 @@ http::Handler make_service_handler(Coordinator& coordinator, JobRouter& router, 
       return http::json_error(404, "not_found", "no such endpoint: " + path + " (see docs/API.md)");
     } catch (const RequestError& e) {
       return http::json_error(400, "invalid_request", e.what(), e.field());
-    } catch (const ModelUnavailable& e) {
+    } catch (const trainer::TrainerError& e) {
+      if (e.kind() != trainer::ErrorKind::kUnavailable) throw;
       return http::json_error(503, "unavailable", e.what(), "model");
     }
   };

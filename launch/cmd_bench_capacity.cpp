@@ -11,8 +11,10 @@
 
 #include "launch/command_registry.h"
 #include "trainer/capacity.h"
+#include "trainer/error.h"
 #include "trainer/job_manifest.h"
 #include "trainer/s3t_plan.h"
+#include "trainer/s3t_state.h"
 
 namespace lethe::launch {
 namespace {
@@ -24,31 +26,35 @@ struct BenchCapacityArgs {
 };
 
 // Each shard's trained sequences, at full depth: the capacity of the job as trained, whatever
-// deletions it has absorbed since.
-std::vector<trainer::ShardPlan> trained_plans(const std::filesystem::path& job_dir, nlohmann::json& manifest) {
-  manifest = trainer::read_job_manifest(job_dir);
-  const auto manifest_file = trainer::job_manifest_path(job_dir).string();
-  if (manifest.value("format", "") != "lethe-s3t-job" || !manifest.contains("shards") || !manifest["shards"].is_array()) {
-    throw std::invalid_argument(manifest_file + " is not an S3T job manifest (no \"shards\"); pass a directory written by `lethe train`");
+// deletions it has absorbed since. `selection` names how they were chosen.
+std::vector<trainer::ShardPlan> trained_plans(const std::filesystem::path& job_dir, std::string& selection) {
+  const auto file = trainer::job_manifest_path(job_dir).string();
+  trainer::JobManifest manifest;
+  try {
+    manifest = trainer::read_job_manifest(job_dir);
+  } catch (const trainer::TrainerError& e) {
+    if (e.kind() != trainer::ErrorKind::kDamaged) throw;
+    throw std::invalid_argument(file + " is not an S3T job manifest: " + e.what());
   }
+  const auto* section = manifest.section(trainer::kS3TRouteName);
+  if (section == nullptr) {
+    throw std::invalid_argument(file + " is not an S3T job manifest (the job has no S3T model); pass a directory written "
+                                       "by `lethe train` with s3t enabled");
+  }
+  selection = std::string(trainer::to_string(manifest.config.s3t.selection));
   std::vector<trainer::ShardPlan> plans;
-  for (std::size_t k = 0; k < manifest["shards"].size(); ++k) {
-    const auto field = manifest_file + ": shards[" + std::to_string(k) + "].plan";
-    const auto& shard = manifest["shards"][k];
-    if (!shard.contains("plan")) throw std::invalid_argument(field + ": missing; the manifest is damaged");
-    auto plan = trainer::shard_plan_from_json(shard["plan"], field);
-    for (auto& sequence : plan.sequences) sequence.surviving_prefix = plan.slices;
-    plans.push_back(std::move(plan));
+  for (auto& shard : trainer::decode_s3t_section(*section, file).shards) {
+    for (auto& sequence : shard.plan.sequences) sequence.surviving_prefix = shard.plan.slices;
+    plans.push_back(std::move(shard.plan));
   }
   return plans;
 }
 
 void run(const BenchCapacityArgs& args) {
   if (args.trials < 1) throw std::invalid_argument("--trials " + std::to_string(args.trials) + ": give at least 1 trial");
-  nlohmann::json manifest;
-  const auto plans = trained_plans(args.job, manifest);
+  std::string selection;
+  const auto plans = trained_plans(args.job, selection);
   const auto result = trainer::simulate_capacity(plans, args.trials, args.seed);
-  const std::string selection = manifest.value("config", nlohmann::json::object()).value("s3t", nlohmann::json::object()).value("selection", "unknown");
   const double half = result.ci95_half_width();
   const double ratio = result.mean_deletions / result.formula;
 

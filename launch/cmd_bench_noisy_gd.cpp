@@ -19,7 +19,8 @@
 #include "comm/communicator.h"
 #include "launch/command_registry.h"
 #include "storage/dataset.h"
-#include "trainer/job_manifest.h"
+#include "trainer/frozen_backbone.h"
+#include "trainer/job.h"
 #include "trainer/model.h"
 #include "trainer/noisy_gd_job.h"
 #include "trainer/pretrain.h"
@@ -91,15 +92,14 @@ double test_accuracy(const NoisyGdModel& model, const LocalData& test) {
 }
 
 // The test records through the job's backbone (rank 0 only).
-LocalData test_data(const fs::path& job, const json& manifest, const std::string& data_arg) {
-  std::string path = data_arg;
-  if (path.empty()) path = manifest.at("config").value("test_dataset", "");
+LocalData test_data(const trainer::JobManifest& manifest, trainer::FrozenBackbone& backbone, const std::string& data_arg) {
+  fs::path path = data_arg.empty() ? manifest.config.test_dataset : fs::path(data_arg);
   if (path.empty()) throw std::invalid_argument("no test data: pass --data FILE or set test_dataset in the job config");
-  trainer::LetheModel backbone(trainer::model_config_from_json(manifest.at("model")), 0);
-  trainer::load_backbone(backbone, job / manifest.value("backbone", "backbone.h5"));
   const auto dataset = storage::Dataset::open(path);
   const auto records = trainer::read_records(dataset, dataset.select(storage::RecordFilter{}), backbone.config());
-  return {trainer::noisy_gd_features(backbone, records.inputs, 1024), records.labels};
+  LocalData test{{}, records.labels};
+  backbone.use([&](trainer::LetheModel& model) { test.features = trainer::noisy_gd_features(model, records.inputs, 1024); });
+  return test;
 }
 
 void run(const BenchNoisyGdArgs& args) {
@@ -111,9 +111,12 @@ void run(const BenchNoisyGdArgs& args) {
   const int rank = comm->rank();
   const int world = comm->size();
   const fs::path job = args.job;
-  const json manifest = trainer::read_job_manifest(job);
-  const NoisyGdModel committed = trainer::load_job_noisy_gd_model(job, *comm);
+  const auto manifest = trainer::open_trained_job(job, *comm);
+  const NoisyGdModel committed = trainer::load_noisy_gd_model(manifest, *comm);
   const trainer::NoisyGdConfig config = committed.config();
+  const auto batch_size = manifest.config.training.cache_batch_size;
+  trainer::FrozenBackbone backbone(manifest.model, manifest.backbone_path(), manifest.config.device);
+  const auto dataset = storage::Dataset::open(manifest.dataset.path);
 
   // Rank 0 holds every record for the one-rank runs; its share of the world is every world-th row.
   auto solo = comm->split(rank == 0 ? 0 : -1, 0);
@@ -121,10 +124,10 @@ void run(const BenchNoisyGdArgs& args) {
   LocalData share;
   const double feature_seconds = timed(*comm, [&] {
     if (rank == 0) {
-      whole = trainer::load_noisy_gd_share(job, *solo);
+      whole = trainer::load_noisy_gd_share(dataset, backbone, batch_size, {}, *solo);
       share = every(whole.data, 0, world);
     } else {
-      share = trainer::load_noisy_gd_share(job, *comm).data;
+      share = trainer::load_noisy_gd_share(dataset, backbone, batch_size, {}, *comm).data;
     }
   });
   std::int64_t n = share.labels.size(0);
@@ -133,7 +136,7 @@ void run(const BenchNoisyGdArgs& args) {
   for (const auto d : args.deletions)
     if (d >= n) throw std::invalid_argument("--deletions: " + std::to_string(d) + " is not below n = " + std::to_string(n));
   LocalData test;
-  if (rank == 0) test = test_data(job, manifest, args.data);
+  if (rank == 0) test = test_data(manifest, backbone, args.data);
 
   // Training from scratch on all ranks and on rank 0 alone, alternately; the weights must agree
   // with each other and, on unchanged data, with the committed model.
@@ -164,7 +167,7 @@ void run(const BenchNoisyGdArgs& args) {
   json deletions = json::array();
   for (const auto d : args.deletions) {
     const LocalData remaining = without(share, n, d, rank, world);
-    NoisyGdModel model = trainer::load_job_noisy_gd_model(job, *comm);
+    NoisyGdModel model = trainer::load_noisy_gd_model(manifest, *comm);
     if (!same_data) model = *trained;  // the data changed since training: start from this run's model
     trainer::DeletionReceipt receipt;
     const double delete_seconds = timed(*comm, [&] { receipt = model.delete_records(remaining); });
@@ -186,7 +189,7 @@ void run(const BenchNoisyGdArgs& args) {
   if (rank != 0) return;
   const double load_after = load_average();
 
-  const auto& p = config.params;
+  const auto& p = config.settings.params;
   const double t_world = median(world_seconds);
   json out = {{"job_dir", job.string()},
               {"ranks", world},
@@ -194,8 +197,8 @@ void run(const BenchNoisyGdArgs& args) {
               {"features", config.num_features},
               {"classes", config.num_classes},
               {"params", {{"lambda", p.lambda}, {"eta", p.eta}, {"sigma", p.sigma}, {"clip", p.clip}}},
-              {"train_steps", config.train_steps},
-              {"target_epsilon", config.target_epsilon},
+              {"train_steps", config.settings.train_steps},
+              {"target_epsilon", config.settings.target_epsilon},
               {"delta", committed.accountant().delta()},
               {"test_records", test.labels.size(0)},
               {"test_accuracy", accuracy},
@@ -208,7 +211,7 @@ void run(const BenchNoisyGdArgs& args) {
               job.string().c_str(), world, static_cast<long long>(n), static_cast<long long>(config.num_features),
               static_cast<long long>(config.num_classes));
   std::printf("# lambda %g, eta %g, sigma %g, clip %g, %lld training steps; each deletion certifies epsilon %g, delta %.3g\n",
-              p.lambda, p.eta, p.sigma, p.clip, static_cast<long long>(config.train_steps), config.target_epsilon,
+              p.lambda, p.eta, p.sigma, p.clip, static_cast<long long>(config.settings.train_steps), config.settings.target_epsilon,
               committed.accountant().delta());
   std::printf("# test accuracy %.4f on %lld records; features (backbone pass) %.1f s; load average %.2f before, %.2f after\n#\n",
               accuracy, static_cast<long long>(test.labels.size(0)), feature_seconds, load_before, load_after);

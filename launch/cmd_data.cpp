@@ -62,7 +62,45 @@ json describe(const storage::Dataset& dataset) {
           {"seed", layout.seed},
           {"public_fraction", layout.public_fraction},
           {"chunk_records", layout.chunk_records},
-          {"source", layout.source}};
+          {"source", layout.source},
+          {"uuid", layout.uuid},
+          {"content_digest", dataset.content_digest()}};
+}
+
+// One JSON object per row, tombstoned rows included, in row order: what a tool needs to read a
+// dataset without knowing its HDF5 layout. Features as hex of the stored bytes (native order).
+void print_records(const storage::Dataset& dataset) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  const std::size_t width = dataset.layout().bytes_per_record();
+  constexpr std::uint64_t kBatch = 4096;
+  std::vector<std::uint8_t> bytes;
+  std::string out;
+  for (std::uint64_t first = 0; first < dataset.size(); first += kBatch) {
+    std::vector<std::uint64_t> rows;
+    for (std::uint64_t row = first; row < std::min(dataset.size(), first + kBatch); ++row) rows.push_back(row);
+    bytes.resize(rows.size() * width);
+    dataset.read_features(rows, bytes);
+    const auto labels = dataset.labels_of(rows);
+    out.clear();
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      std::string hex(2 * width, '0');
+      for (std::size_t b = 0; b < width; ++b) {
+        hex[2 * b] = kHex[bytes[i * width + b] >> 4];
+        hex[2 * b + 1] = kHex[bytes[i * width + b] & 0xf];
+      }
+      out += json{{"row", rows[i]},
+                  {"id", dataset.id(rows[i])},
+                  {"subject", dataset.subject(rows[i])},
+                  {"label", labels[i]},
+                  {"public", dataset.is_public(rows[i])},
+                  {"tombstoned", dataset.is_tombstoned(rows[i])},
+                  {"features", hex}}
+                 .dump();
+      out += '\n';
+    }
+    std::cout << out;
+  }
+  std::cout << std::flush;
 }
 
 void print(const json& value) { std::cout << value.dump(2) << '\n'; }
@@ -153,16 +191,26 @@ void install_ingest(CLI::App& app) {
 void install_inspect(CLI::App& app) {
   auto file = std::make_shared<std::string>();
   auto ids = std::make_shared<std::string>();
+  auto records = std::make_shared<bool>(false);
   CLI::App* cmd = app.add_subcommand("inspect", "Print a JSON summary of a Lethe dataset file (or its record ids)");
   cmd->add_option("file", *file, "Dataset file")->required();
   cmd->add_option("--ids", *ids, "Print record ids instead, one per line: live, private (live, not public) or all")
       ->check(CLI::IsMember({"live", "private", "all"}));
+  cmd->add_flag("--records", *records,
+                "Print every row instead, one JSON object per line: row, id, subject, label, public, tombstoned, "
+                "features (hex of the stored bytes)")
+      ->excludes("--ids");
   cmd->footer(
       "Examples:\n  lethe inspect train.h5\n  lethe inspect train.h5 --ids private > deletable.txt\n"
+      "  lethe inspect train.h5 --records | head -1\n"
       "Prints records (rows, tombstoned included), live, tombstoned, public (live), classes, label_counts,\n"
-      "subjects, feature_shape, feature_type, seed and more.");
-  cmd->callback([file, ids] {
+      "subjects, feature_shape, feature_type, seed, uuid, content_digest and more.");
+  cmd->callback([file, ids, records] {
     const auto dataset = storage::Dataset::open(*file);
+    if (*records) {
+      print_records(dataset);
+      return;
+    }
     if (ids->empty()) {
       print(describe(dataset));
       return;

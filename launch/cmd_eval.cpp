@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/command_registry.h"
-#include "trainer/s3t_job.h"
+#include "trainer/job.h"
 
 namespace lethe::launch {
 namespace {

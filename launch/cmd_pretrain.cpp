@@ -12,6 +12,7 @@
 #include "launch/job_config.h"
 #include "storage/dataset.h"
 #include "trainer/ensemble.h"
+#include "trainer/job.h"
 #include "trainer/pretrain.h"
 #include "trainer/s3t_trainer.h"
 
@@ -54,7 +55,7 @@ void run(const PretrainArgs& args) {
     const auto data = trainer::read_records(dataset, rows, model_config);
     model.to(device);
     const auto result = trainer::pretrain_backbone(
-        model, data, {config.pretrain.epochs, config.pretrain.batch_size, config.pretrain.learning_rate, config.seed});
+        model, data, config.pretrain.optimizer, config.seed);
     report["records"] = result.records;
     report["final_loss"] = result.final_loss;
     report["seconds"] = result.seconds;

@@ -22,12 +22,13 @@ using nlohmann::json;
 // Pending requests listed by id; the counts cover all of them.
 constexpr std::size_t kPendingListed = 100;
 
-json deletions_json(const fs::path& job_dir, const json& manifest) {
+json deletions_json(const fs::path& job_dir, const trainer::JobManifest& manifest) {
   const auto file = storage::job_ledger_path(job_dir);
   json out = {{"ledger", file.string()}};
   if (!fs::exists(file)) {
     // No deletion has ever been requested: `lethe serve` / `lethe delete --job` create the ledger.
-    out.update({{"queued", 0}, {"applied", 0}, {"completed", 0}, {"failed", 0}, {"pending", json::array()}});
+    out.update({{"queued", 0}, {"applied", 0}, {"completed", 0}, {"failed", 0}, {"pending", json::array()},
+                {"clear_values", {{"finished_record_ids", 0}, {"finished_subjects_or_keys", 0}}}});
     return out;
   }
   const storage::Ledger ledger(file, storage::Ledger::Access::kReadOnly);
@@ -42,8 +43,12 @@ json deletions_json(const fs::path& job_dir, const json& manifest) {
                        {"subject", request.subject.has_value()}});
   }
   out["pending"] = pending;
-  if (manifest.contains("last_batch")) {
-    const auto outcome = deletion::batch_outcome_from_json(manifest["last_batch"]);
+  // The ledger's promise, audited: no clear id, subject or key of a finished request remains.
+  const auto clear = ledger.clear_values();
+  out["clear_values"] = {{"finished_record_ids", clear.finished_record_ids},
+                         {"finished_subjects_or_keys", clear.finished_subjects_or_keys}};
+  if (manifest.last_batch) {
+    const auto& outcome = *manifest.last_batch;
     json batch = {{"requests", outcome.request_ids},
                   {"records_deleted", outcome.records_deleted},
                   {"model_version", outcome.model_version}};
@@ -67,12 +72,14 @@ json status_json(const fs::path& job_dir) {
                                 "job_dir a `lethe train` run wrote (its config's job_dir or --job)");
   }
   const auto manifest = trainer::read_job_manifest(job_dir);
-  json out = deletion::models_json(job_dir, manifest);
-  out["status"] = manifest.value("status", "unknown");  // "training" until `lethe train` finishes
-  out["dataset"] = manifest.value("dataset", "");
+  json out = deletion::models_json(manifest);
+  out["status"] = std::string(trainer::to_string(manifest.status));  // "training" until `lethe train` finishes
+  out["dataset"] = manifest.dataset.path.string();
   out["deletions"] = deletions_json(job_dir, manifest);
-  // Recorded at each retrain's commit since the manifest has "last_retrain"; older jobs: null.
-  out["last_retrain"] = manifest.value("last_retrain", json(nullptr));
+  out["last_retrain"] = manifest.last_retrain ? json{{"completed_ms", manifest.last_retrain->completed_ms},
+                                                     {"model_version", manifest.last_retrain->model_version}}
+                                                  : json(nullptr);
+  if (manifest.last_retrain) out["last_retrain"].update(manifest.last_retrain->details);
   return out;
 }
 
@@ -84,7 +91,8 @@ void install(CLI::App& app) {
       "Example:\n  lethe status --job runs/fashion-s3t\n"
       "Prints models (s3t: version, live_shards, per shard depth and served_sequence, retrain_pending;\n"
       "noisy_gd: version, records, steps_taken), deletions (queued, applied, completed, failed, pending ids,\n"
-      "last_batch) and last_retrain (completed_ms, model_version, sequences_restored, shards_revived).\n"
+      "last_batch, clear_values: clear ids/subjects left in finished requests, 0 when the ledger keeps its\n"
+      "promise) and last_retrain (completed_ms, model_version, sequences_restored, shards_revived).\n"
       "Takes no lock and writes nothing, so it runs beside `lethe serve`.");
   cmd->add_option("--job", *job, "Job directory written by `lethe train`")->required();
   cmd->callback([job] { std::cout << status_json(*job).dump(2) << std::endl; });

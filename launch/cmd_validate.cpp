@@ -8,7 +8,7 @@
 #include "launch/command_registry.h"
 #include "launch/job_config.h"
 #include "trainer/job_manifest.h"
-#include "trainer/s3t_job.h"
+#include "trainer/job.h"
 
 namespace lethe::launch {
 namespace {
@@ -19,19 +19,15 @@ struct ValidateArgs {
 };
 
 void run(const ValidateArgs& args) {
-  const auto config = load_job_config(args.config);
-  const auto spec = to_job_spec(config, args.job);
-  const auto inputs = trainer::check_job_inputs(spec, config.s3t.enabled);
-  check_job_not_served(spec.job_dir);
-  nlohmann::json models = nlohmann::json::array();
-  if (config.s3t.enabled) models.push_back("s3t");
-  if (config.noisy_gd.enabled) models.push_back("noisy_gd");
+  const auto config = with_job_dir(load_job_config(args.config), args.job);
+  const auto inputs = trainer::check_job_inputs(config);
+  check_job_not_served(config.job_dir);
   nlohmann::json out = {{"valid", true},
                         {"config", args.config},
-                        {"config_digest", config_digest(config)},
-                        {"models", models},
-                        {"job_dir", spec.job_dir.string()},
-                        {"existing_run", std::filesystem::exists(trainer::job_manifest_path(spec.job_dir))},
+                        {"config_digest", trainer::config_digest(config)},
+                        {"models", inputs.models},
+                        {"job_dir", config.job_dir.string()},
+                        {"existing_run", std::filesystem::exists(trainer::job_manifest_path(config.job_dir))},
                         {"device", config.device},
                         {"dataset", {{"file", config.dataset.string()},
                                      {"records", inputs.records},
@@ -39,14 +35,7 @@ void run(const ValidateArgs& args) {
                                      {"trainable", inputs.trainable_records}}},
                         {"backbone", config.backbone.string()},
                         {"model", trainer::to_json(inputs.model)}};
-  if (config.s3t.enabled) {
-    out["s3t"] = {{"shards", config.s3t.shards},
-                  {"slices", config.s3t.slices},
-                  {"sequences", config.s3t.sequences},
-                  {"selection", std::string(trainer::to_string(config.s3t.selection))},
-                  {"fewest_records_per_slice", inputs.fewest_slice_records}};
-  }
-  if (config.noisy_gd.enabled) out["noisy_gd"] = to_json(config).at("noisy_gd");
+  out.update(inputs.routes);
   std::cout << out.dump(2) << std::endl;
 }
 

@@ -8,9 +8,7 @@
 #include <sstream>
 
 #include "storage/ledger.h"
-#include "storage/record_assignment.h"
 #include "trainer/accountant.h"
-#include "trainer/noisy_gd_job.h"
 
 namespace lethe::launch {
 
@@ -93,8 +91,7 @@ std::filesystem::path resolve(const std::filesystem::path& origin, const std::st
 }
 
 // epochs, batch_size and learning_rate: read and checked alike in `training` and `pretrain`.
-template <typename Settings>
-void read_optimizer_keys(Section& section, Settings& settings) {
+void read_optimizer_keys(Section& section, trainer::OptimizerSettings& settings) {
   section.read("epochs", settings.epochs, "an integer");
   section.read("batch_size", settings.batch_size, "an integer");
   section.read("learning_rate", settings.learning_rate, "a number");
@@ -106,22 +103,26 @@ void read_optimizer_keys(Section& section, Settings& settings) {
 
 // The noisy_gd section, checked against the accountant's assumptions (trainer/accountant.h) so a
 // config that could not certify a deletion fails here, naming its key, not in the middle of a run.
-void read_noisy_gd(Section& section, NoisyGdSettings& settings) {
+// Returns whether eta was given.
+bool read_noisy_gd(Section& section, trainer::NoisyGdSettings& settings) {
   section.read("enabled", settings.enabled, "true or false");
-  section.read("lambda", settings.lambda, "a number");
-  const bool eta_given = section.read("eta", settings.eta, "a number");
-  section.read("sigma", settings.sigma, "a number");
-  section.read("clip", settings.clip, "a number");
+  section.read("lambda", settings.params.lambda, "a number");
+  const bool eta_given = section.read("eta", settings.params.eta, "a number");
+  section.read("sigma", settings.params.sigma, "a number");
+  section.read("clip", settings.params.clip, "a number");
   section.read("steps", settings.train_steps, "an integer");
   section.read("target_epsilon", settings.target_epsilon, "a number");
   double delta = 0;
   if (section.read("delta", delta, "a number")) settings.delta = delta;
   section.reject_unknown_keys();
-  trainer::NoisyGdParams params{settings.lambda, settings.eta, settings.sigma, settings.clip};
-  // The largest step the analysis allows converges fastest; only computable once lambda is known.
-  if (!eta_given && std::isfinite(params.lambda) && params.lambda > 0) settings.eta = params.eta = 1.0 / (params.beta + params.lambda);
+  return eta_given;
+}
+
+// The noisy_gd section's values against the accountant's assumptions (after derive_settings has
+// filled in the default step size).
+void check_noisy_gd(Section& section, const trainer::NoisyGdSettings& settings) {
   try {
-    trainer::validate(params);
+    trainer::validate(settings.params);
   } catch (const trainer::AccountantError& e) {
     // "accountant: eta = 3 must satisfy ...": the parameter's name is the key.
     std::string what = e.what();
@@ -187,14 +188,6 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
     }
   } else {
     if (c.s3t.sequences > c.s3t.slices) s3t.fail(s3t.key("sequences"), "bms builds at most one sequence per slice (sequences <= slices)");
-    if (c.s3t.deletion_probabilities.empty()) {
-      c.s3t.deletion_probabilities.assign(static_cast<std::size_t>(c.s3t.slices), 1.0 / c.s3t.slices);
-    }
-    try {
-      trainer::validate_deletion_probabilities(c.s3t.deletion_probabilities, c.s3t.slices);
-    } catch (const std::invalid_argument& e) {
-      s3t.fail(s3t.key("deletion_probabilities"), e.what());
-    }
   }
   s3t.reject_unknown_keys();
 
@@ -211,7 +204,32 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
   model.read("lora_alpha", c.model.lora_alpha, "a number");
   model.read("num_classes", c.model.num_classes, "an integer");
   model.reject_unknown_keys();
-  c.model.sites = c.s3t.enabled ? c.s3t.slices : 1;
+
+  auto training = top.child("training");
+  read_optimizer_keys(training, c.training.optimizer);
+  training.read("cache_batch_size", c.training.cache_batch_size, "an integer");
+  training.reject_unknown_keys();
+  if (c.training.cache_batch_size < 1) training.fail(training.key("cache_batch_size"), "must be at least 1");
+
+  auto pretrain = top.child("pretrain");
+  read_optimizer_keys(pretrain, c.pretrain.optimizer);
+  pretrain.reject_unknown_keys();
+
+  c.noisy_gd.enabled = root["noisy_gd"].IsDefined();
+  auto noisy_gd = top.child("noisy_gd");
+  const bool eta_given = read_noisy_gd(noisy_gd, c.noisy_gd);
+  if (eta_given && c.noisy_gd.params.eta == 0) noisy_gd.fail(noisy_gd.key("eta"), "must be positive (leave it out for 1/(beta + lambda))");
+
+  // What the settings imply (model.sites, the default step size, BMS's uniform probabilities),
+  // then the checks that depend on it.
+  trainer::derive_settings(c);
+  if (c.s3t.selection == trainer::SequenceSelection::kBms) {
+    try {
+      trainer::validate_deletion_probabilities(c.s3t.deletion_probabilities, c.s3t.slices);
+    } catch (const std::invalid_argument& e) {
+      s3t.fail(s3t.key("deletion_probabilities"), e.what());
+    }
+  }
   if (c.s3t.enabled && static_cast<int>(c.model.widths.size()) < c.s3t.slices) {
     model.fail(model.key("widths"), "has " + std::to_string(c.model.widths.size()) + " blocks but s3t.slices = " +
                                         std::to_string(c.s3t.slices) + " needs one adapter site per slice; list at least " +
@@ -223,19 +241,7 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
     top.fail("model", e.what());
   }
 
-  auto training = top.child("training");
-  read_optimizer_keys(training, c.training);
-  training.read("cache_batch_size", c.training.cache_batch_size, "an integer");
-  training.reject_unknown_keys();
-  if (c.training.cache_batch_size < 1) training.fail(training.key("cache_batch_size"), "must be at least 1");
-
-  auto pretrain = top.child("pretrain");
-  read_optimizer_keys(pretrain, c.pretrain);
-  pretrain.reject_unknown_keys();
-
-  c.noisy_gd.enabled = root["noisy_gd"].IsDefined();
-  auto noisy_gd = top.child("noisy_gd");
-  read_noisy_gd(noisy_gd, c.noisy_gd);
+  check_noisy_gd(noisy_gd, c.noisy_gd);
   if (!c.s3t.enabled && !c.noisy_gd.enabled)
     top.fail("s3t.enabled", "is false and there is no noisy_gd section: the job would train nothing; add noisy_gd: or enable s3t");
 
@@ -251,91 +257,10 @@ JobConfig load_job_config(const std::filesystem::path& path) {
   return parse_job_config(text.str(), std::filesystem::absolute(path));
 }
 
-nlohmann::json to_json(const JobConfig& c) {
-  return {{"dataset", c.dataset.string()},
-          {"test_dataset", c.test_dataset.string()},
-          {"backbone", c.backbone.string()},
-          {"seed", c.seed},
-          {"device", c.device},
-          {"threads", c.threads},
-          {"model", trainer::to_json(c.model)},
-          {"training",
-           {{"epochs", c.training.epochs},
-            {"batch_size", c.training.batch_size},
-            {"learning_rate", c.training.learning_rate},
-            {"cache_batch_size", c.training.cache_batch_size}}},
-          {"pretrain",
-           {{"epochs", c.pretrain.epochs}, {"batch_size", c.pretrain.batch_size}, {"learning_rate", c.pretrain.learning_rate}}},
-          {"s3t",
-           {{"shards", c.s3t.shards},
-            {"slices", c.s3t.slices},
-            {"sequences", c.s3t.sequences},
-            {"selection", std::string(trainer::to_string(c.s3t.selection))},
-            {"deletion_probabilities", c.s3t.deletion_probabilities},
-            {"horizon", c.s3t.horizon},
-            {"enabled", c.s3t.enabled}}},
-          {"noisy_gd", c.noisy_gd.enabled ? nlohmann::json{{"lambda", c.noisy_gd.lambda},
-                                                           {"eta", c.noisy_gd.eta},
-                                                           {"sigma", c.noisy_gd.sigma},
-                                                           {"clip", c.noisy_gd.clip},
-                                                           {"steps", c.noisy_gd.train_steps},
-                                                           {"target_epsilon", c.noisy_gd.target_epsilon},
-                                                           {"delta", c.noisy_gd.delta ? nlohmann::json(*c.noisy_gd.delta)
-                                                                                      : nlohmann::json()}}
-                                          : nlohmann::json()}};
-}
-
-std::string config_digest(const JobConfig& config) {
-  auto json = to_json(config);
-  // Where files live does not change what is trained; the device and threads may change rounding,
-  // so they stay in.
-  json.erase("dataset");
-  json.erase("test_dataset");
-  json.erase("backbone");
-  const auto text = json.dump();
-  const auto hash = storage::siphash24(0x6c657468655f6366ULL, 0x6f6e6669675f3031ULL,
-                                       {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
-  return hex;
-}
-
-trainer::S3TJobSpec to_job_spec(const JobConfig& c, const std::filesystem::path& job_dir) {
-  trainer::S3TJobSpec spec;
-  spec.dataset = c.dataset;
-  spec.backbone = c.backbone;
-  spec.job_dir = job_dir.empty() ? c.job_dir : job_dir;
-  if (spec.job_dir.empty()) throw ConfigError(c.source.string() + ": job_dir: missing; set it in the config or pass --job DIR");
-  spec.config_file = c.source;
-  spec.seed = c.seed;
-  spec.device = c.device;
-  spec.threads = c.threads;
-  spec.model = c.model;
-  spec.epochs = c.training.epochs;
-  spec.batch_size = c.training.batch_size;
-  spec.learning_rate = c.training.learning_rate;
-  spec.cache_batch_size = c.training.cache_batch_size;
-  spec.shards = c.s3t.shards;
-  spec.slices = c.s3t.slices;
-  spec.sequences = c.s3t.sequences;
-  spec.selection = c.s3t.selection;
-  spec.deletion_probabilities = c.s3t.deletion_probabilities;
-  spec.horizon = c.s3t.horizon;
-  spec.config = to_json(c);
-  spec.config_digest = config_digest(c);
-  return spec;
-}
-
-trainer::NoisyGdJobSpec to_noisy_gd_spec(const JobConfig& c) {
-  trainer::NoisyGdJobSpec spec;
-  spec.params.lambda = c.noisy_gd.lambda;
-  spec.params.eta = c.noisy_gd.eta;
-  spec.params.sigma = c.noisy_gd.sigma;
-  spec.params.clip = c.noisy_gd.clip;
-  spec.train_steps = c.noisy_gd.train_steps;
-  spec.target_epsilon = c.noisy_gd.target_epsilon;
-  spec.delta = c.noisy_gd.delta;
-  return spec;
+JobConfig with_job_dir(JobConfig config, const std::filesystem::path& job_dir) {
+  if (!job_dir.empty()) config.job_dir = job_dir;
+  if (config.job_dir.empty()) throw ConfigError(config.source.string() + ": job_dir: missing; set it in the config or pass --job DIR");
+  return config;
 }
 
 void check_job_not_served(const std::filesystem::path& job_dir) {

@@ -64,11 +64,16 @@ void allreduce_exact(comm::Communicator& comm, std::vector<Int128>& values) {
 
 nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
 
+}  // namespace
+
 nlohmann::json params_json(const NoisyGdParams& p) {
   return {{"lambda", p.lambda}, {"eta", p.eta}, {"sigma", p.sigma}, {"clip", p.clip}, {"beta", p.beta}};
 }
 
-}  // namespace
+NoisyGdParams params_from_json(const nlohmann::json& p) {
+  return {p.at("lambda").get<double>(), p.at("eta").get<double>(), p.at("sigma").get<double>(), p.at("clip").get<double>(),
+          p.at("beta").get<double>()};
+}
 
 at::Tensor normalize_features(const at::Tensor& features) {
   if (features.dim() != 2 || !features.is_floating_point())
@@ -126,14 +131,14 @@ nlohmann::json to_json(const DeletionReceipt& r) {
 
 NoisyGdModel::NoisyGdModel(NoisyGdConfig config, comm::Communicator& comm)
     : config_(std::move(config)), comm_(&comm) {
-  validate(config_.params);
+  validate(config_.settings.params);
   if (config_.num_features < 1 || config_.num_classes < 2)
     throw NoisyGdError("noisy GD: needs num_features >= 1 and num_classes >= 2, got " +
                        std::to_string(config_.num_features) + " and " + std::to_string(config_.num_classes));
-  if (config_.train_steps < 1)
-    throw NoisyGdError("noisy GD: train_steps = " + std::to_string(config_.train_steps) + " must be >= 1");
-  if (!(config_.target_epsilon > 0.0) || !std::isfinite(config_.target_epsilon))
-    throw AccountantError("accountant: target epsilon = " + std::to_string(config_.target_epsilon) + " must be > 0");
+  if (config_.settings.train_steps < 1)
+    throw NoisyGdError("noisy GD: train_steps = " + std::to_string(config_.settings.train_steps) + " must be >= 1");
+  if (!(config_.settings.target_epsilon > 0.0) || !std::isfinite(config_.settings.target_epsilon))
+    throw AccountantError("accountant: target epsilon = " + std::to_string(config_.settings.target_epsilon) + " must be > 0");
   weights_ = torch::zeros({config_.num_features, config_.num_classes}, torch::kFloat64);
 }
 
@@ -226,7 +231,7 @@ at::Tensor NoisyGdModel::gradient(const LocalData& data, std::int64_t n) {
     }
     // The example's gradient x (p - e_y)^T has norm ||x|| ||p - e_y||; clip it to M.
     const double norm = std::sqrt(x_norm2) * std::sqrt(r_norm2);
-    const double scale = norm > config_.params.clip ? config_.params.clip / norm : 1.0;
+    const double scale = norm > config_.settings.params.clip ? config_.settings.params.clip / norm : 1.0;
     for (std::int64_t c = 0; c < classes; ++c)
       r_fixed[static_cast<std::size_t>(c)] =
           static_cast<std::int64_t>(std::nearbyint(logits[static_cast<std::size_t>(c)] * scale * unit));
@@ -242,16 +247,16 @@ at::Tensor NoisyGdModel::gradient(const LocalData& data, std::int64_t n) {
   double* g = gradient.data_ptr<double>();
   for (std::size_t k = 0; k < sum.size(); ++k)
     g[k] = std::ldexp(static_cast<double>(sum[k]), -2 * bits) / static_cast<double>(n);
-  return gradient + config_.params.lambda * weights_;
+  return gradient + config_.settings.params.lambda * weights_;
 }
 
 void NoisyGdModel::run_steps(const LocalData& data, std::int64_t n, std::int64_t steps) {
   if (n < 1) throw NoisyGdError("noisy GD: no records on any rank to train on");
-  const double noise_scale = std::sqrt(step_noise_variance(config_.params));
+  const double noise_scale = std::sqrt(step_noise_variance(config_.settings.params));
   storage::ProgressTask progress("noisy-gd", steps, "steps");
   for (std::int64_t k = 0; k < steps; ++k) {
     progress.advance(1);
-    weights_ = weights_ - config_.params.eta * gradient(data, n) +
+    weights_ = weights_ - config_.settings.params.eta * gradient(data, n) +
                noise_scale * step_noise(config_.seed, step_, config_.num_features, config_.num_classes);
     ++step_;
   }
@@ -260,10 +265,10 @@ void NoisyGdModel::run_steps(const LocalData& data, std::int64_t n, std::int64_t
 void NoisyGdModel::train(const LocalData& data) {
   check_data(data, "train");
   const std::int64_t n = global_count(data);
-  accountant_.emplace(config_.params, n, config_.delta);
+  accountant_.emplace(config_.settings.params, n, config_.settings.delta);
   weights_ = torch::zeros({config_.num_features, config_.num_classes}, torch::kFloat64);
-  run_steps(data, n, config_.train_steps);
-  accountant_->record_training(config_.train_steps);
+  run_steps(data, n, config_.settings.train_steps);
+  accountant_->record_training(config_.settings.train_steps);
 }
 
 void NoisyGdModel::continue_training(const LocalData& data, std::int64_t steps) {
@@ -289,7 +294,7 @@ DeletionReceipt NoisyGdModel::delete_records(const LocalData& remaining) {
   // Plan on a copy: a refusal (every record deleted, target unreachable) leaves the model as it was.
   Accountant next = *accountant_;
   next.record_deletion(n_before - n_after);
-  const DeletionPlan plan = next.plan_deletion(config_.target_epsilon);
+  const DeletionPlan plan = next.plan_deletion(config_.settings.target_epsilon);
   accountant_ = std::move(next);
 
   DeletionReceipt receipt;
@@ -299,17 +304,17 @@ DeletionReceipt NoisyGdModel::delete_records(const LocalData& remaining) {
   receipt.unlearning_steps = plan.steps;
   receipt.z = plan.z;
   receipt.delta = plan.unlearning.delta;
-  receipt.assumptions = config_.params;
-  receipt.gradient_bound = gradient_bound(config_.params);
+  receipt.assumptions = config_.settings.params;
+  receipt.gradient_bound = gradient_bound(config_.settings.params);
   receipt.certified = plan.certified;
-  receipt.retrained = retrain_is_cheaper(plan.steps, config_.train_steps);
+  receipt.retrained = retrain_is_cheaper(plan.steps, config_.settings.train_steps);
   if (receipt.retrained) {
     // A model retrained from theta = 0 on the remaining data never saw the deleted records.
     weights_ = torch::zeros_like(weights_);
     accountant_->reset_history();
-    run_steps(remaining, n_after, config_.train_steps);
-    accountant_->record_training(config_.train_steps);
-    receipt.steps_run = config_.train_steps;
+    run_steps(remaining, n_after, config_.settings.train_steps);
+    accountant_->record_training(config_.settings.train_steps);
+    receipt.steps_run = config_.settings.train_steps;
     receipt.epsilon = 0.0;  // exactly distributed as retraining without the records: (0, 0)
     receipt.delta = 0.0;
     receipt.alpha = std::numeric_limits<double>::infinity();
@@ -353,12 +358,12 @@ storage::CheckpointInfo NoisyGdModel::save(storage::CheckpointStore& store, cons
   nlohmann::json metadata{
       {"kind", kCheckpointKind},
       {"config",
-       {{"params", params_json(config_.params)},
+       {{"params", params_json(config_.settings.params)},
         {"num_features", config_.num_features},
         {"num_classes", config_.num_classes},
-        {"train_steps", config_.train_steps},
-        {"target_epsilon", config_.target_epsilon},
-        {"delta", config_.delta ? nlohmann::json(*config_.delta) : nlohmann::json()},
+        {"train_steps", config_.settings.train_steps},
+        {"target_epsilon", config_.settings.target_epsilon},
+        {"delta", config_.settings.delta ? nlohmann::json(*config_.settings.delta) : nlohmann::json()},
         {"seed", config_.seed}}},
       {"accountant", {{"n", acc.current_n()}, {"delta", acc.delta()}, {"history", history}}},
       {"next_step", step_},
@@ -395,13 +400,12 @@ NoisyGdModel NoisyGdModel::from_checkpoint(const storage::Checkpoint& checkpoint
     const nlohmann::json& c = meta.at("config");
     NoisyGdConfig config;
     const nlohmann::json& p = c.at("params");
-    config.params = {p.at("lambda").get<double>(), p.at("eta").get<double>(), p.at("sigma").get<double>(),
-                     p.at("clip").get<double>(), p.at("beta").get<double>()};
+    config.settings.params = params_from_json(p);
     config.num_features = c.at("num_features").get<std::int64_t>();
     config.num_classes = c.at("num_classes").get<std::int64_t>();
-    config.train_steps = c.at("train_steps").get<std::int64_t>();
-    config.target_epsilon = c.at("target_epsilon").get<double>();
-    if (!c.at("delta").is_null()) config.delta = c.at("delta").get<double>();
+    config.settings.train_steps = c.at("train_steps").get<std::int64_t>();
+    config.settings.target_epsilon = c.at("target_epsilon").get<double>();
+    if (!c.at("delta").is_null()) config.settings.delta = c.at("delta").get<double>();
     config.seed = c.at("seed").get<std::uint64_t>();
 
     NoisyGdModel model(config, comm);
@@ -409,7 +413,7 @@ NoisyGdModel NoisyGdModel::from_checkpoint(const storage::Checkpoint& checkpoint
     std::vector<Phase> history;
     for (const nlohmann::json& phase : a.at("history"))
       history.push_back({phase.at(0).get<std::int64_t>(), phase.at(1).get<std::int64_t>(), phase.at(2).get<std::int64_t>()});
-    model.accountant_.emplace(config.params, a.at("n").get<std::int64_t>(), std::move(history),
+    model.accountant_.emplace(config.settings.params, a.at("n").get<std::int64_t>(), std::move(history),
                               a.at("delta").get<double>());
     model.step_ = meta.at("next_step").get<std::int64_t>();
     const std::vector<double> values = checkpoint.tensor("weights").values<double>();

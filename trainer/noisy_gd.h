@@ -14,6 +14,7 @@
 #include "comm/communicator.h"
 #include "storage/checkpoint_store.h"
 #include "trainer/accountant.h"
+#include "trainer/job_settings.h"
 
 namespace lethe::trainer {
 
@@ -31,13 +32,15 @@ class NoisyGdError : public std::runtime_error {
 // generator (splitmix64 + Box-Muller), so every rank and every run draws the same values.
 [[nodiscard]] at::Tensor step_noise(std::uint64_t seed, std::int64_t step, std::int64_t rows, std::int64_t cols);
 
+// {"lambda", "eta", "sigma", "clip", "beta"}: as checkpoints, receipts and the manifest store them.
+[[nodiscard]] nlohmann::json params_json(const NoisyGdParams& params);
+// The inverse; nlohmann::json::exception when a key is missing or not a number.
+[[nodiscard]] NoisyGdParams params_from_json(const nlohmann::json& json);
+
 struct NoisyGdConfig {
-  NoisyGdParams params;              // lambda, eta, sigma, clip
+  NoisyGdSettings settings;          // the job's `noisy_gd:` section: params, train_steps, target_epsilon, delta
   std::int64_t num_features = 0;     // columns of normalized features (bias input included)
   std::int64_t num_classes = 0;      // >= 2
-  std::int64_t train_steps = 1000;   // steps of training from scratch: also the cost of a retrain
-  double target_epsilon = 1.0;       // what a deletion must certify
-  std::optional<double> delta;       // default 1/n of the first training set
   std::uint64_t seed = 0;            // the noise stream
 };
 

@@ -3,12 +3,16 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
-#include <stdexcept>
+#include <unordered_set>
 
-#include "comm/in_process.h"
+#include "comm/agree.h"
 #include "storage/dataset.h"
-#include "trainer/job_manifest.h"
+#include "trainer/error.h"
+#include "trainer/frozen_backbone.h"
+#include "trainer/job.h"
+#include "trainer/json_fields.h"
 #include "trainer/model.h"
 #include "trainer/pretrain.h"
 #include "trainer/s3t_trainer.h"
@@ -27,40 +31,51 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-json read_trained_manifest(const fs::path& job_dir) {
-  if (!fs::exists(job_manifest_path(job_dir)))
-    throw std::runtime_error(job_dir.string() + " is not a job directory (no manifest.json); run `lethe train` first");
-  return read_job_manifest(job_dir);
-}
-
-storage::CheckpointStore job_store(const fs::path& job_dir, const json& manifest) {
-  return storage::CheckpointStore(job_dir / manifest.value("checkpoints", "checkpoints"));
-}
-
-const json& noisy_gd_section(const fs::path& job_dir, const json& manifest) {
-  if (!manifest.contains("noisy_gd") || !manifest.at("noisy_gd").is_object())
-    throw std::runtime_error(job_manifest_path(job_dir).string() +
-                             " names no noisy-GD model: add a noisy_gd section to the job config and run `lethe train`");
-  return manifest.at("noisy_gd");
-}
-
-// The backbone of a job directory, as its manifest records it, on `device`.
-LetheModel job_backbone(const fs::path& job_dir, const json& manifest, const torch::Device& device) {
-  LetheModel model(model_config_from_json(manifest.at("model")), 0);
-  load_backbone(model, job_dir / manifest.value("backbone", "backbone.h5"));
-  model.to(device);
-  return model;
-}
-
-torch::Device job_device(const json& manifest) {
-  return manifest.at("config").value("device", "cpu") == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-}
-
-std::int64_t job_batch_size(const json& manifest) {
-  return manifest.at("config").at("training").value("cache_batch_size", std::int64_t{1024});
-}
-
 }  // namespace
+
+json encode_noisy_gd_section(const NoisyGdSection& s) {
+  return {{"series", s.series},
+          {"version", s.version},
+          {"digest", s.digest},
+          {"records", s.records},
+          {"steps_taken", s.steps_taken},
+          {"train_steps", s.train_steps},
+          {"target_epsilon", s.target_epsilon},
+          {"delta", s.delta},
+          {"dp_epsilon", s.dp_epsilon},
+          {"certified", s.certified},
+          {"params", params_json(s.params)}};
+}
+
+NoisyGdSection decode_noisy_gd_section(const json& j, const std::string& origin) {
+  const JsonFields f(j, origin, "routes.noisy_gd.");
+  NoisyGdSection s;
+  s.series = f.get<std::string>("series");
+  s.version = f.get<int>("version");
+  s.digest = f.get<std::string>("digest");
+  s.records = f.get<std::int64_t>("records");
+  s.steps_taken = f.get<std::int64_t>("steps_taken");
+  s.train_steps = f.get<std::int64_t>("train_steps");
+  s.target_epsilon = f.get<double>("target_epsilon");
+  s.delta = f.get<double>("delta");
+  s.dp_epsilon = f.get<double>("dp_epsilon");
+  s.certified = f.get<bool>("certified");
+  try {
+    s.params = params_from_json(f.raw("params"));
+  } catch (const nlohmann::json::exception& e) {
+    f.fail("params", e.what());
+  }
+  return s;
+}
+
+NoisyGdConfig noisy_gd_config(const JobSettings& settings, const ModelConfig& model) {
+  NoisyGdConfig config;
+  config.settings = settings.noisy_gd;
+  config.num_features = feature_dim(model) + 1;  // + the bias input of normalize_features
+  config.num_classes = model.num_classes;
+  config.seed = mix_seed(settings.seed, kNoiseSeedTag);
+  return config;
+}
 
 at::Tensor noisy_gd_features(LetheModel& backbone, const at::Tensor& inputs, std::int64_t batch_size) {
   torch::NoGradGuard no_grad;
@@ -77,133 +92,155 @@ at::Tensor noisy_gd_features(LetheModel& backbone, const at::Tensor& inputs, std
   return normalize_features(raw);
 }
 
-NoisyGdShare load_noisy_gd_share(const fs::path& job_dir, comm::Communicator& comm) {
-  const json manifest = read_trained_manifest(job_dir);
-  const fs::path dataset_path = manifest.at("dataset").get<std::string>();
-  const auto dataset = storage::Dataset::open(dataset_path);
+NoisyGdShare load_noisy_gd_share(const storage::Dataset& dataset, FrozenBackbone& backbone, std::int64_t batch_size,
+                                 std::span<const std::uint64_t> exclude, comm::Communicator& comm) {
   storage::RecordFilter filter;
   filter.public_records = storage::PublicRecords::exclude;  // public records pretrained the backbone
-  const auto live = dataset.select(filter);
+  const std::unordered_set<std::uint64_t> excluded(exclude.begin(), exclude.end());
+  std::vector<std::uint64_t> live;
+  for (const auto row : dataset.select(filter)) {
+    if (excluded.count(row) == 0) live.push_back(row);
+  }
   std::vector<std::uint64_t> rows;
   for (std::size_t i = static_cast<std::size_t>(comm.rank()); i < live.size(); i += static_cast<std::size_t>(comm.size()))
     rows.push_back(live[i]);
-  LetheModel backbone = job_backbone(job_dir, manifest, job_device(manifest));
   const auto records = read_records(dataset, rows, backbone.config());
   NoisyGdShare share;
-  share.data.features = noisy_gd_features(backbone, records.inputs, job_batch_size(manifest));
+  backbone.use([&](LetheModel& model) { share.data.features = noisy_gd_features(model, records.inputs, batch_size); });
   share.data.labels = records.labels;
   share.ids.reserve(rows.size());
   for (const auto row : rows) share.ids.emplace_back(dataset.id(row));
   return share;
 }
 
-NoisyGdModel load_job_noisy_gd_model(const fs::path& job_dir, comm::Communicator& comm) {
-  const json manifest = read_trained_manifest(job_dir);
-  const json& section = noisy_gd_section(job_dir, manifest);
-  return NoisyGdModel::load(job_store(job_dir, manifest), section.at("series").get<std::string>(),
-                            section.at("version").get<int>(), comm);
+NoisyGdShare without(const NoisyGdShare& share, const std::vector<std::string>& deleted) {
+  const std::unordered_set<std::string> gone(deleted.begin(), deleted.end());
+  std::vector<std::int64_t> keep;
+  NoisyGdShare out;
+  for (std::size_t i = 0; i < share.ids.size(); ++i) {
+    if (gone.count(share.ids[i]) == 0) {
+      keep.push_back(static_cast<std::int64_t>(i));
+      out.ids.push_back(share.ids[i]);
+    }
+  }
+  const auto index = torch::tensor(keep, torch::kInt64);
+  out.data.features = share.data.features.index_select(0, index);
+  out.data.labels = share.data.labels.index_select(0, index);
+  return out;
 }
 
-storage::CheckpointInfo commit_noisy_gd_model(const NoisyGdModel& model, const fs::path& job_dir, json& manifest) {
-  auto store = job_store(job_dir, manifest);
-  const json trained_on = {{"config_digest", manifest.value("config_digest", "")},
-                           {"dataset", manifest.value("dataset", "")},
+NoisyGdModel load_noisy_gd_model(const JobManifest& manifest, comm::Communicator& comm) {
+  const auto* encoded = manifest.section(kNoisyGdRouteName);
+  if (encoded == nullptr) {
+    throw TrainerError(ErrorKind::kNotFound, manifest.path().string() +
+                                                 " names no noisy-GD model: add a noisy_gd section to the job config "
+                                                 "and run `lethe train`");
+  }
+  const auto section = decode_noisy_gd_section(*encoded, manifest.path().string());
+  const storage::CheckpointStore store(manifest.checkpoints_path());
+  const auto versions = store.versions(section.series);
+  const auto it = std::find_if(versions.begin(), versions.end(), [&](const auto& v) { return v.version == section.version; });
+  if (it == versions.end() || it->digest != section.digest) {
+    throw TrainerError(ErrorKind::kMismatch, (store.root() / section.series).string() + " version " +
+                                                 std::to_string(section.version) +
+                                                 " is not the model the manifest records (digest " +
+                                                 section.digest.substr(0, 16) +
+                                                 "…): it was replaced or purged. Restore the job directory from a backup");
+  }
+  return NoisyGdModel::load(store, section.series, section.version, comm);
+}
+
+NoisyGdSection commit_noisy_gd_model(const NoisyGdModel& model, const JobManifest& manifest) {
+  storage::CheckpointStore store(manifest.checkpoints_path());
+  const json trained_on = {{"config_digest", manifest.config_digest},
+                           {"dataset", manifest.dataset.uuid},
                            {"records", model.accountant().current_n()}};
   const auto info = model.save(store, kNoisyGdSeries, {{"job", trained_on}});
   const Accountant& accountant = model.accountant();
-  const NoisyGdParams& p = model.config().params;
-  manifest["noisy_gd"] = {
-      {"series", kNoisyGdSeries},
-      {"version", info.version},
-      {"digest", info.digest},
-      {"records", accountant.current_n()},
-      {"steps_taken", model.steps_taken()},
-      {"train_steps", model.config().train_steps},
-      {"target_epsilon", model.config().target_epsilon},
-      {"delta", accountant.delta()},
-      {"dp_epsilon", accountant.remaining_dp().epsilon},
-      {"certified", is_certified(p)},
-      {"params", {{"lambda", p.lambda}, {"eta", p.eta}, {"sigma", p.sigma}, {"clip", p.clip}, {"beta", p.beta}}},
-  };
-  return info;
+  NoisyGdSection section;
+  section.version = info.version;
+  section.digest = info.digest;
+  section.records = accountant.current_n();
+  section.steps_taken = model.steps_taken();
+  section.train_steps = model.config().settings.train_steps;
+  section.target_epsilon = model.config().settings.target_epsilon;
+  section.delta = accountant.delta();
+  section.dp_epsilon = accountant.remaining_dp().epsilon;
+  section.params = model.config().settings.params;
+  section.certified = is_certified(section.params);
+  return section;
 }
 
-NoisyGdRunReport run_noisy_gd_job(const S3TJobSpec& job, const NoisyGdJobSpec& spec, comm::Communicator& comm,
-                                  bool resume, bool job_dir_prepared) {
-  const auto start = std::chrono::steady_clock::now();
-  const auto layout = open_job_dataset(job).layout();
-  torch::set_num_threads(job.threads);
-  ModelConfig model_config = job.model;
-  set_input_shape(model_config, layout);
-  validate(model_config);
-  NoisyGdConfig config;
-  config.params = spec.params;
-  config.num_features = feature_dim(model_config) + 1;  // + the bias input of normalize_features
-  config.num_classes = model_config.num_classes;
-  config.train_steps = spec.train_steps;
-  config.target_epsilon = spec.target_epsilon;
-  config.delta = spec.delta;
-  config.seed = mix_seed(job.seed, kNoiseSeedTag);
-  {
-    // Check the settings and the backbone before anything is written.
-    NoisyGdModel check(config, comm);
-    LetheModel prototype(model_config, 0);
-    load_backbone(prototype, job.backbone);
-  }
+json to_json(const NoisyGdRunReport& r) {
+  return {{"records", r.records},
+          {"steps", r.steps},
+          {"resumed", r.resumed},
+          {"version", r.version},
+          {"digest", r.digest},
+          {"train_accuracy", r.train_accuracy},
+          {"rank0", {{"records", r.local_records}, {"feature_seconds", r.feature_seconds}}},
+          {"train_seconds", r.train_seconds},
+          {"seconds", r.seconds}};
+}
 
-  // Rank 0 prepares the directory and decides whether a committed model is kept (--resume).
-  std::string error;
+NoisyGdRunReport run_noisy_gd_job(const JobSettings& settings, comm::Communicator& comm, bool resume) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto dataset = open_job_dataset(settings);
+  torch::set_num_threads(settings.threads);
+  const ModelConfig model_config = job_model_config(settings, dataset);
+  const NoisyGdConfig config = noisy_gd_config(settings, model_config);
+  // Check the settings and the backbone before anything is written.
+  (void)NoisyGdModel(config, comm);
+  FrozenBackbone backbone(model_config, settings.backbone, settings.device);
+
+  // Rank 0 decides whether a committed model is kept (resume).
   std::int32_t committed_version = 0;
-  if (comm.rank() == 0) {
-    try {
-      if (!job_dir_prepared) prepare_job_dir(job, model_config, {}, resume);
-      const json manifest = read_job_manifest(job.job_dir);
-      const auto store = job_store(job.job_dir, manifest);
-      if (manifest.contains("noisy_gd") && resume) {
-        const json& section = manifest.at("noisy_gd");
-        const int version = section.at("version").get<int>();
-        try {
-          (void)NoisyGdModel::load(store, kNoisyGdSeries, version, comm);
-        } catch (const std::exception& e) {
-          throw std::runtime_error("--resume: the noisy-GD model the manifest names (" +
-                                   (store.root() / kNoisyGdSeries).string() + " version " + std::to_string(version) +
-                                   ") does not load: " + e.what() + ". Purge that series to retrain it, then --resume");
-        }
-        committed_version = version;
-      } else if (!store.versions(kNoisyGdSeries).empty() && !resume) {
-        throw std::runtime_error("checkpoint series " + (store.root() / kNoisyGdSeries).string() +
-                                 " already exists; pass --resume or use an empty job_dir");
+  comm::on_root(comm, "preparing the noisy-GD model", [&] {
+    const auto manifest = read_job_manifest(settings.job_dir);
+    const storage::CheckpointStore store(manifest.checkpoints_path());
+    if (const auto* section = manifest.section(kNoisyGdRouteName); section != nullptr && resume) {
+      const auto version = decode_noisy_gd_section(*section, manifest.path().string()).version;
+      try {
+        (void)NoisyGdModel::load(store, kNoisyGdSeries, version, comm);
+      } catch (const std::exception& e) {
+        throw TrainerError(ErrorKind::kDamaged, "--resume: the noisy-GD model the manifest names (" +
+                                                    (store.root() / kNoisyGdSeries).string() + " version " +
+                                                    std::to_string(version) + ") does not load: " + e.what() +
+                                                    ". Purge that series to retrain it, then --resume");
       }
-    } catch (const std::exception& e) {
-      error = e.what();
+      committed_version = version;
+    } else if (!store.versions(kNoisyGdSeries).empty() && !resume) {
+      throw TrainerError(ErrorKind::kInvalidInput, "checkpoint series " + (store.root() / kNoisyGdSeries).string() +
+                                                       " already exists; pass --resume or use an empty job_dir");
     }
-  }
-  agree_on_failure(comm, error, "preparing the noisy-GD job");
+  });
   comm.allreduce({&committed_version, 1, comm::DataType::kInt32}, comm::ReduceOp::kMax);
 
   NoisyGdRunReport report;
-  report.steps = spec.train_steps;
+  report.steps = settings.noisy_gd.train_steps;
   if (committed_version > 0) {
-    NoisyGdModel model = load_job_noisy_gd_model(job.job_dir, comm);
+    std::string text;
+    comm::on_root(comm, "reading the committed noisy-GD model", [&] {
+      const auto manifest = read_job_manifest(settings.job_dir);
+      const auto section = decode_noisy_gd_section(*manifest.section(kNoisyGdRouteName), manifest.path().string());
+      report.digest = section.digest;
+      text = json{{"records", section.records}, {"steps", section.steps_taken}}.dump();
+    });
+    const auto shared = json::parse(comm::broadcast_string(comm, text));
     report.resumed = true;
     report.version = committed_version;
-    report.records = model.accountant().current_n();
-    report.steps = model.steps_taken();
-    if (comm.rank() == 0) report.digest = read_job_manifest(job.job_dir).at("noisy_gd").value("digest", "");
+    report.records = shared.at("records").get<std::int64_t>();
+    report.steps = shared.at("steps").get<std::int64_t>();
     report.seconds = seconds_since(start);
     return report;
   }
 
   NoisyGdShare share;
-  try {
+  comm::on_every_rank(comm, "reading the noisy-GD records", [&] {
     const auto t0 = std::chrono::steady_clock::now();
-    share = load_noisy_gd_share(job.job_dir, comm);
+    share = load_noisy_gd_share(dataset, backbone, settings.training.cache_batch_size, {}, comm);
     report.feature_seconds = seconds_since(t0);
-    error.clear();
-  } catch (const std::exception& e) {
-    error = "rank " + std::to_string(comm.rank()) + ": reading the noisy-GD records: " + e.what();
-  }
-  agree_on_failure(comm, error, "reading the noisy-GD records");
+  });
   report.local_records = share.data.labels.size(0);
   spdlog::info("noisy GD: {} records on this rank, features {:.1f} s", report.local_records, report.feature_seconds);
 
@@ -215,41 +252,19 @@ NoisyGdRunReport run_noisy_gd_job(const S3TJobSpec& job, const NoisyGdJobSpec& s
   report.train_accuracy = model.accuracy(share.data);
 
   std::int32_t version = 0;
-  if (comm.rank() == 0) {
-    try {
-      json manifest = read_job_manifest(job.job_dir);
-      const auto info = commit_noisy_gd_model(model, job.job_dir, manifest);
-      if (!job_dir_prepared) manifest["status"] = "trained";
-      write_job_manifest(job.job_dir, manifest);
-      version = info.version;
-      report.digest = info.digest;
-      spdlog::info("noisy GD: committed {} version {} (digest {})", kNoisyGdSeries, info.version, info.digest.substr(0, 16));
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-  }
-  agree_on_failure(comm, error, "committing the noisy-GD model");
+  comm::on_root(comm, "committing the noisy-GD model", [&] {
+    auto manifest = read_job_manifest(settings.job_dir);
+    const auto section = commit_noisy_gd_model(model, manifest);
+    manifest.routes[kNoisyGdRouteName] = encode_noisy_gd_section(section);
+    commit_job_manifest(manifest);
+    version = section.version;
+    report.digest = section.digest;
+    spdlog::info("noisy GD: committed {} version {} (digest {})", kNoisyGdSeries, section.version, section.digest.substr(0, 16));
+  });
   comm.allreduce({&version, 1, comm::DataType::kInt32}, comm::ReduceOp::kMax);
   report.version = version;
   report.seconds = seconds_since(start);
   return report;
-}
-
-json evaluate_noisy_gd(const fs::path& job_dir, const json& manifest, LetheModel& backbone, const at::Tensor& inputs,
-                       const at::Tensor& labels) {
-  const json& section = noisy_gd_section(job_dir, manifest);
-  auto world = comm::make_in_process_world(1);
-  const int version = section.at("version").get<int>();
-  const NoisyGdModel model =
-      NoisyGdModel::load(job_store(job_dir, manifest), section.at("series").get<std::string>(), version, *world.front());
-  const auto features = noisy_gd_features(backbone, inputs, job_batch_size(manifest));
-  const auto correct = model.predict(features).eq(labels.to(torch::kInt64)).sum().item<std::int64_t>();
-  const double accuracy = labels.size(0) == 0 ? 0.0 : static_cast<double>(correct) / static_cast<double>(labels.size(0));
-  return {{"name", "noisy_gd"},
-          {"accuracy", accuracy},
-          {"version", version},
-          {"digest", section.value("digest", "")},
-          {"trained_records", model.accountant().current_n()}};
 }
 
 }  // namespace lethe::trainer

@@ -1,62 +1,84 @@
 // trainer/noisy_gd_job.h — a job's noisy-GD model (DESIGN.md §4) on the frozen backbone's normalized
-// features: its records over the ranks, training, the "noisy-gd" checkpoint series and manifest section.
+// features: its records over the ranks, training, the "noisy-gd" checkpoint series and its typed
+// section of the manifest (routes.noisy_gd).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <filesystem>
-#include <optional>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "comm/communicator.h"
 #include "storage/checkpoint_store.h"
+#include "trainer/job_manifest.h"
+#include "trainer/job_settings.h"
 #include "trainer/noisy_gd.h"
-#include "trainer/s3t_job.h"
+
+namespace lethe::storage {
+class Dataset;  // storage/dataset.h
+}  // namespace lethe::storage
 
 namespace lethe::trainer {
 
+class FrozenBackbone;
 class LetheModel;
 
-// The checkpoint series (under <job_dir>/checkpoints) that holds every version of a job's model.
+inline constexpr const char* kNoisyGdRouteName = "noisy_gd";
+// The checkpoint series that holds every version of a job's model.
 inline constexpr const char* kNoisyGdSeries = "noisy-gd";
 
-// The noisy-GD settings of a job (launch/job_config.h converts the config's noisy_gd section).
-struct NoisyGdJobSpec {
-  NoisyGdParams params;             // lambda, eta, sigma, clip
-  std::int64_t train_steps = 200;   // steps of training from scratch
-  double target_epsilon = 1.0;      // what each deletion certifies
-  std::optional<double> delta;      // default 1/n
+// The model's section of the manifest: the version it serves and what it certifies.
+struct NoisyGdSection {
+  std::string series = kNoisyGdSeries;
+  int version = 0;
+  std::string digest;
+  std::int64_t records = 0;      // n it was last trained or unlearned on
+  std::int64_t steps_taken = 0;  // noisy steps so far (the noise stream's position)
+  std::int64_t train_steps = 0;
+  double target_epsilon = 0;
+  double delta = 0;
+  double dp_epsilon = 0;         // DP of the remaining records
+  bool certified = true;
+  NoisyGdParams params;
 };
+[[nodiscard]] nlohmann::json encode_noisy_gd_section(const NoisyGdSection& section);
+[[nodiscard]] NoisyGdSection decode_noisy_gd_section(const nlohmann::json& json, const std::string& origin);
 
-// This rank's share of the records a job's noisy-GD model trains on: the dataset's live non-public
-// rows, every world-th one starting at rank; normalized backbone features, labels, and the record
-// ids aligned with rows. Collective-free (each rank reads and computes its own share).
-struct NoisyGdShare {
-  LocalData data;
-  std::vector<std::string> ids;
-};
-[[nodiscard]] NoisyGdShare load_noisy_gd_share(const std::filesystem::path& job_dir, comm::Communicator& comm);
-
-// The model version the manifest names (NoisyGdModel::load semantics), bound to comm. Throws when
-// the job has no noisy-GD model or the checkpoint fails verification.
-[[nodiscard]] NoisyGdModel load_job_noisy_gd_model(const std::filesystem::path& job_dir, comm::Communicator& comm);
-
-// Rank 0: commits `model` as a new version of the series and updates manifest["noisy_gd"] in the
-// given JSON (the caller writes the manifest, because a deletion updates S3T and noisy GD in one
-// manifest write).
-storage::CheckpointInfo commit_noisy_gd_model(const NoisyGdModel& model, const std::filesystem::path& job_dir,
-                                              nlohmann::json& manifest);
+// The model's configuration for a job: the settings, the feature width of the backbone (plus the
+// bias input) and the noise stream's seed.
+[[nodiscard]] NoisyGdConfig noisy_gd_config(const JobSettings& settings, const ModelConfig& model);
 
 // What the model sees: `inputs` ([N, C, H, W]) through the frozen backbone with every adapter
 // inactive, in batches, then normalize_features(): (N, feature_dim + 1) float64 on the CPU.
 [[nodiscard]] at::Tensor noisy_gd_features(LetheModel& backbone, const at::Tensor& inputs, std::int64_t batch_size);
 
+// This rank's share of the records the model trains on: the dataset's live non-public rows minus
+// `exclude` (rows a committed batch deleted, not yet erased), every world-th one starting at rank;
+// normalized backbone features, labels, and the record ids aligned with rows. Collective-free.
+struct NoisyGdShare {
+  LocalData data;
+  std::vector<std::string> ids;
+};
+[[nodiscard]] NoisyGdShare load_noisy_gd_share(const storage::Dataset& dataset, FrozenBackbone& backbone,
+                                               std::int64_t batch_size, std::span<const std::uint64_t> exclude,
+                                               comm::Communicator& comm);
+// The share without the records whose id is in `deleted` (sorted).
+[[nodiscard]] NoisyGdShare without(const NoisyGdShare& share, const std::vector<std::string>& deleted);
+
+// The model version the manifest's section names, bound to `comm`; TrainerError (kNotFound) when
+// the job has no noisy-GD model, (kMismatch) when the checkpoint is not the one the manifest records.
+[[nodiscard]] NoisyGdModel load_noisy_gd_model(const JobManifest& manifest, comm::Communicator& comm);
+
+// Rank 0: commits `model` as a new version of the job's series and returns the section naming it.
+[[nodiscard]] NoisyGdSection commit_noisy_gd_model(const NoisyGdModel& model, const JobManifest& manifest);
+
 struct NoisyGdRunReport {
-  bool resumed = false;           // --resume found the model committed and trained nothing
+  bool resumed = false;           // resume found the model committed and trained nothing
   std::int64_t records = 0;       // n, over all ranks
   std::int64_t local_records = 0; // this rank's share
   std::int64_t steps = 0;
@@ -67,17 +89,11 @@ struct NoisyGdRunReport {
   int version = 0;                // committed checkpoint (known on every rank)
   std::string digest;             // its digest (rank 0 only)
 };
+[[nodiscard]] nlohmann::json to_json(const NoisyGdRunReport& report);
 
-// Trains the job's noisy-GD model from scratch on every rank's share and commits it (rank 0: the
-// series and the manifest section). `job_dir_prepared`: S3T training of the same command created
-// the job directory; otherwise it is created here (a job without S3T). With `resume`, a model the
-// manifest already names is verified and kept. Collective over `comm`.
-NoisyGdRunReport run_noisy_gd_job(const S3TJobSpec& job, const NoisyGdJobSpec& spec, comm::Communicator& comm,
-                                  bool resume, bool job_dir_prepared);
-
-// {"name": "noisy_gd", "accuracy", "version", "digest", "trained_records"} of the model the
-// manifest names on `inputs`/`labels` (every record given); `backbone` holds the job's backbone.
-[[nodiscard]] nlohmann::json evaluate_noisy_gd(const std::filesystem::path& job_dir, const nlohmann::json& manifest,
-                                               LetheModel& backbone, const at::Tensor& inputs, const at::Tensor& labels);
+// Collective. Trains the model from scratch on every rank's share into settings.job_dir (prepared
+// by prepare_job_dir) and commits it (rank 0: the series and the manifest section). With `resume`,
+// a model the manifest already names is verified and kept.
+NoisyGdRunReport run_noisy_gd_job(const JobSettings& settings, comm::Communicator& comm, bool resume);
 
 }  // namespace lethe::trainer

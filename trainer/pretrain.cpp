@@ -7,6 +7,7 @@
 #include "storage/progress.h"
 #include "storage/durable_file.h"
 #include "storage/hdf5.h"
+#include "trainer/model_inputs.h"
 #include "trainer/s3t_trainer.h"
 
 namespace lethe::trainer {
@@ -41,12 +42,8 @@ RecordTensors read_records(const storage::Dataset& dataset, const std::vector<st
                                 std::to_string(config.input_channels * config.input_height * config.input_width));
   }
   RecordTensors out;
-  const std::vector<std::int64_t> shape{n, config.input_channels, config.input_height, config.input_width};
-  if (layout.feature_type == storage::FeatureType::uint8) {
-    out.inputs = torch::from_blob(bytes.data(), shape, torch::kUInt8).to(torch::kFloat32).div_(255.0);
-  } else {
-    out.inputs = torch::from_blob(bytes.data(), shape, torch::kFloat32).clone();
-  }
+  const auto dtype = layout.feature_type == storage::FeatureType::uint8 ? torch::kUInt8 : torch::kFloat32;
+  out.inputs = to_model_inputs(torch::from_blob(bytes.data(), {n, values}, dtype), layout.feature_type, config);
   const auto labels = dataset.labels_of(rows);
   for (std::size_t i = 0; i < labels.size(); ++i) {
     if (labels[i] < 0 || labels[i] >= config.num_classes) {
@@ -59,7 +56,8 @@ RecordTensors read_records(const storage::Dataset& dataset, const std::vector<st
   return out;
 }
 
-PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const PretrainOptions& options) {
+PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const OptimizerSettings& options,
+                                 std::uint64_t seed) {
   const auto start = std::chrono::steady_clock::now();
   model.set_active_depth(0);
   auto params = model.select_trainable_backbone();
@@ -75,7 +73,7 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
   const std::int64_t batches_per_epoch = (n + options.batch_size - 1) / options.batch_size;
   storage::ProgressTask progress("pretrain", batches_per_epoch * options.epochs, "batches");
   for (int epoch = 0; epoch < options.epochs; ++epoch) {
-    std::mt19937_64 engine(mix_seed(options.seed, 3, static_cast<std::uint64_t>(epoch)));
+    std::mt19937_64 engine(mix_seed(seed, 3, static_cast<std::uint64_t>(epoch)));
     for (std::size_t k = order.size(); k > 1; --k) std::swap(order[k - 1], order[static_cast<std::size_t>(engine() % k)]);
     const auto all = torch::tensor(order, torch::kInt64).to(device);
     double loss_sum = 0;

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "storage/dataset.h"
+#include "trainer/job_settings.h"
 #include "trainer/model.h"
 
 namespace lethe::trainer {
@@ -29,12 +30,6 @@ struct RecordTensors {
 [[nodiscard]] RecordTensors read_records(const storage::Dataset& dataset, const std::vector<std::uint64_t>& rows,
                                          const ModelConfig& config);
 
-struct PretrainOptions {
-  int epochs = 3;
-  std::int64_t batch_size = 128;
-  double learning_rate = 1e-3;
-  std::uint64_t seed = 0;
-};
 
 struct PretrainReport {
   std::int64_t records = 0;
@@ -43,7 +38,8 @@ struct PretrainReport {
 };
 
 // Trains every backbone block and the head (adapters inactive) with Adam; deterministic for a seed.
-PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const PretrainOptions& options);
+PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const OptimizerSettings& options,
+                                 std::uint64_t seed);
 
 // Writes blocks/<b>/weight, blocks/<b>/bias, head/weight, head/bias (float32) and root attributes
 // lethe_format = "lethe-backbone", model (JSON), metadata (JSON); committed atomically.

@@ -1,5 +1,5 @@
-// trainer/s3t_retrain.h — `lethe retrain` (DESIGN.md §3): restores every truncated S3T sequence to full
-// depth on the dataset's current live records, continuing from its surviving prefix, under the job lock.
+// trainer/s3t_retrain.h — the S3T model's retrain (DESIGN.md §3): restores every truncated sequence
+// to full depth on the dataset's current live records, continuing from its surviving prefix.
 #pragma once
 
 #include <cstdint>
@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "comm/communicator.h"
-#include "trainer/s3t_job.h"
+#include "trainer/job_manifest.h"
 
 namespace lethe::trainer {
 
@@ -20,19 +20,19 @@ struct RetrainReport {
   int steps_planned = 0;           // Σ (L − surviving prefix) over the truncated sequences
   int steps_trained = 0;           // prefix steps trained, all ranks
   std::int64_t samples = 0;        // training sample passes, all ranks
-  std::int64_t model_version = 0;  // manifest["model_version"] afterwards (raised by one if retrained)
-  double seconds = 0;              // wall time on rank 0, lock to commit
+  std::int64_t model_version = 0;  // the job's model version afterwards (raised by one if retrained)
+  double seconds = 0;              // wall time on rank 0
   nlohmann::json digests;          // {series: [digest of P_1, ..., P_L]} after the retrain
 };
+[[nodiscard]] nlohmann::json to_json(const RetrainReport& report);
 
-// Collective over `comm`. Rank 0 first takes storage::JobLock(job_dir, "lethe retrain") (an error
-// naming the holder if `lethe serve` or another writer has it) and holds it to the end. Then, with
-// the manifest's plans as the authority: purges every committed prefix checkpoint above a sequence's
-// surviving prefix (idempotent), trains steps surviving+1..L of every truncated sequence with the
-// original seeds on the dataset's live non-public records (run_s3t_job's resume path, spread over
-// ranks as training is), and commits one manifest with the plans at full depth, retrain_pending
-// emptied and model_version raised by one. `spec` must describe the job in `spec.job_dir` (its
-// config digest is checked against the manifest). Nothing is written when nothing is truncated.
-RetrainReport retrain_job(const S3TJobSpec& spec, comm::Communicator& comm);
+// Collective over `comm`; the caller holds the job lock (storage/job_lock.h) and opened the job
+// (trainer/job.h open_trained_job: `manifest` on every rank). With the manifest's plans as the
+// authority: purges every committed prefix checkpoint above a sequence's surviving prefix
+// (idempotent), trains steps surviving+1..L of every truncated sequence with the original seeds on
+// the dataset's live non-public records (run_s3t_job's resume path, spread over ranks as training
+// is), and commits one manifest with the plans at full depth, retrain_pending emptied, model_version
+// raised by one and last_retrain recorded. Nothing is written when nothing is truncated.
+RetrainReport retrain_s3t(JobManifest& manifest, comm::Communicator& comm);
 
 }  // namespace lethe::trainer

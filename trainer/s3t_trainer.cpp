@@ -61,7 +61,7 @@ void apply_prefix(LetheModel& model, const PrefixState& state) {
   model.set_active_depth(state.prefix);
 }
 
-S3TTrainer::S3TTrainer(LetheModel& model, StepOptions options) : model_(model), options_(options) {
+S3TTrainer::S3TTrainer(LetheModel& model, OptimizerSettings options) : model_(model), options_(options) {
   if (options_.epochs < 0) throw std::invalid_argument("training.epochs: must not be negative");
   if (options_.batch_size < 1) throw std::invalid_argument("training.batch_size: must be at least 1");
   if (!(options_.learning_rate > 0)) throw std::invalid_argument("training.learning_rate: must be positive");

@@ -9,15 +9,11 @@
 #include <vector>
 
 #include "trainer/activation_cache.h"
+#include "trainer/job_settings.h"
 #include "trainer/model.h"
 
 namespace lethe::trainer {
 
-struct StepOptions {
-  int epochs = 2;
-  std::int64_t batch_size = 128;
-  double learning_rate = 1e-3;
-};
 
 // What a prefix checkpoint P_i holds: adapters of sites 1..prefix and the head after step `prefix`.
 // Tensor names: "site<i>.lora_A", "site<i>.lora_B" (i = 1..prefix), "head.weight", "head.bias".
@@ -43,7 +39,7 @@ struct SequenceStats {
 class S3TTrainer {
  public:
   // `model` is this trainer's own copy, holding the frozen backbone and the starting (pretrained) head.
-  S3TTrainer(LetheModel& model, StepOptions options);
+  S3TTrainer(LetheModel& model, OptimizerSettings options);
 
   using PrefixCallback = std::function<void(const PrefixState&)>;
 
@@ -77,7 +73,7 @@ class S3TTrainer {
                     const PrefixState* resume_from, const PrefixCallback& on_prefix);
 
   LetheModel& model_;
-  StepOptions options_;
+  OptimizerSettings options_;
 };
 
 }  // namespace lethe::trainer

@@ -28,7 +28,7 @@ for job in full s3t; do
   rm -rf "runs/fashion-$job"
   echo "== train $job ($ranks ranks) =="
   $mpi $lethe train --config "launch/examples/fashion_$job.yaml" | tee "runs/bench-train-$job.json" \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); d.pop("digests"); print(json.dumps(d, indent=1))'
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); d["s3t"].pop("digests"); print(json.dumps(d, indent=1))'
   echo "== eval $job =="
   $lethe eval --job "runs/fashion-$job" | tee "runs/bench-eval-$job.json" | head -3
 done

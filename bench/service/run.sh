@@ -119,7 +119,7 @@ s3t = [ms(json.load(open(f"s3t-receipt-{i}.json"))) for i in (1, 2, 3)]
 noisy = [json.load(open(f"noisy-receipt-{i}.json")) for i in (1, 2, 3)]
 noisy_ms = [ms(r) for r in noisy]
 noisy_part = [m for m in noisy[0]["models"] if m["name"] == "noisy_gd"][0]
-train_s3t = json.load(open("train-s3t.json"))["seconds"]
+train_s3t = json.load(open("train-s3t.json"))["s3t"]["seconds"]
 train_noisy = json.load(open("train-noisy.json"))
 noisy_train_s = train_noisy.get("noisy_gd", {}).get("seconds", float("nan"))
 print("\none deletion by each route (request -> completed receipt, median of 3) and full retrains")

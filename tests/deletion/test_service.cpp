@@ -249,8 +249,10 @@ TEST_F(ServiceTest, KilledMidBurstCompletesEveryAcknowledgedRequestExactlyOnce) 
 TEST_F(ServiceTest, TwoRanksUnderMpirunGiveTheSameModelAsBatchModeOnOneRank) {
   const auto ids = private_ids();
   const std::vector<std::string> victims = {ids.at(3), ids.at(30), ids.at(60)};
-  fs::copy(job(), dir_ / "copy", fs::copy_options::recursive);
-  fs::copy(dir_ / "train.h5", dir_ / "train-copy.h5");
+  // A copy of the job and its dataset, moved together elsewhere: the job finds its own dataset there.
+  fs::create_directories(dir_ / "copy");
+  fs::copy(job(), dir_ / "copy" / "run", fs::copy_options::recursive);
+  fs::copy(dir_ / "train.h5", dir_ / "copy" / "train.h5");
   {
     auto service = serve(2);
     auto client = service.client(kToken);
@@ -261,26 +263,25 @@ TEST_F(ServiceTest, TwoRanksUnderMpirunGiveTheSameModelAsBatchModeOnOneRank) {
     (void)service.terminate();
     EXPECT_NE(service.log_text().find("stopped cleanly"), std::string::npos) << service.log_text();
   }
-  // The same deletion in batch mode on one rank, on the copy (pointed at its own dataset copy).
-  auto manifest = json::parse(std::ifstream(dir_ / "copy" / "manifest.json"));
-  manifest["dataset"] = (dir_ / "train-copy.h5").string();
-  std::ofstream(dir_ / "copy" / "manifest.json") << manifest.dump(2);
-  std::string command = lethe_cmd() + " delete --job " + (dir_ / "copy").string();
+  // The same deletion in batch mode on one rank, on the copy.
+  std::string command = lethe_cmd() + " delete --job " + (dir_ / "copy" / "run").string();
   for (const auto& id : victims) command += " --record " + id;
   const auto batch = run_command(command);
   ASSERT_EQ(batch.status, 0) << batch.out;
   EXPECT_EQ(json_of(batch).at("status"), "completed");
-  const auto served = json::parse(std::ifstream(job() / "manifest.json"));
-  const auto direct = json::parse(std::ifstream(dir_ / "copy" / "manifest.json"));
-  EXPECT_EQ(served.at("shards"), direct.at("shards"));
-  // The checkpoints' metadata name their dataset file, which differs; the weights must not.
-  const auto weights = [](const fs::path& job_dir, const json& manifest) {
+  EXPECT_TRUE(storage::Dataset::open(dir_ / "copy" / "train.h5").is_tombstoned(
+      storage::Dataset::open(dir_ / "copy" / "train.h5").row_of(victims[0])))
+      << "the copy erased its own dataset";
+  const auto served = json::parse(std::ifstream(job() / "manifest.json")).at("routes");
+  const auto direct = json::parse(std::ifstream(dir_ / "copy" / "run" / "manifest.json")).at("routes");
+  EXPECT_EQ(served.at("s3t"), direct.at("s3t"));
+  const auto weights = [](const fs::path& job_dir, const json& routes) {
     return storage::CheckpointStore(job_dir / "checkpoints")
-        .load(manifest.at("noisy_gd").at("series"), manifest.at("noisy_gd").at("version"))
+        .load(routes.at("noisy_gd").at("series"), routes.at("noisy_gd").at("version"))
         .tensors;
   };
   const auto served_weights = weights(job(), served);
-  const auto direct_weights = weights(dir_ / "copy", direct);
+  const auto direct_weights = weights(dir_ / "copy" / "run", direct);
   ASSERT_EQ(served_weights.size(), direct_weights.size());
   for (std::size_t i = 0; i < served_weights.size(); ++i) {
     EXPECT_EQ(served_weights[i].name, direct_weights[i].name);

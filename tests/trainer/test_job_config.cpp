@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "launch/job_config.h"
-#include "trainer/noisy_gd_job.h"
 
 using lethe::launch::ConfigError;
 using lethe::launch::parse_job_config;
@@ -47,21 +46,21 @@ TEST(JobConfig, ParsesValuesDefaultsAndResolvesPathsAgainstTheFile) {
   EXPECT_EQ(c.s3t.shards, 2);
   EXPECT_EQ(c.model.sites, 3) << "one adapter site per slice";
   EXPECT_EQ(c.model.widths.size(), 4u);
-  EXPECT_EQ(c.training.batch_size, 32);
-  EXPECT_EQ(c.pretrain.epochs, 3) << "default";
+  EXPECT_EQ(c.training.optimizer.batch_size, 32);
+  EXPECT_EQ(c.pretrain.optimizer.epochs, 3) << "default";
   EXPECT_EQ(c.device, "cpu");
-  const auto spec = lethe::launch::to_job_spec(c, "/elsewhere");
+  const auto spec = lethe::launch::with_job_dir(c, "/elsewhere");
   EXPECT_EQ(spec.job_dir, "/elsewhere");
-  EXPECT_EQ(spec.config_digest, lethe::launch::config_digest(c));
-  EXPECT_EQ(spec.config_digest.size(), 16u);
+  EXPECT_EQ(lethe::trainer::config_digest(spec), lethe::trainer::config_digest(c));
+  EXPECT_EQ(lethe::trainer::config_digest(spec).size(), 16u);
 }
 
 TEST(JobConfig, DigestIgnoresPathsButNotTrainingSettings) {
   const auto a = parse_job_config(kValid, "/cfg/job.yaml");
   const auto b = parse_job_config(with("data/train.h5", "other.h5"), "/x/job.yaml");
   const auto c = parse_job_config(with("seed: 7", "seed: 8"), "/cfg/job.yaml");
-  EXPECT_EQ(lethe::launch::config_digest(a), lethe::launch::config_digest(b));
-  EXPECT_NE(lethe::launch::config_digest(a), lethe::launch::config_digest(c));
+  EXPECT_EQ(lethe::trainer::config_digest(a), lethe::trainer::config_digest(b));
+  EXPECT_NE(lethe::trainer::config_digest(a), lethe::trainer::config_digest(c));
 }
 
 TEST(JobConfig, ErrorsNameTheKey) {
@@ -98,14 +97,14 @@ TEST(JobConfig, NoisyGdSectionDefaultsAndValues) {
   const auto without = parse_job_config(kValid, "/cfg/job.yaml");
   EXPECT_FALSE(without.noisy_gd.enabled) << "no section: no noisy-GD model";
   EXPECT_TRUE(without.s3t.enabled) << "S3T stays on by default";
-  EXPECT_TRUE(lethe::launch::to_json(without).at("noisy_gd").is_null());
+  EXPECT_TRUE(lethe::trainer::to_json(without).at("noisy_gd").is_null());
 
   const auto defaults = parse_job_config(std::string(kValid) + "noisy_gd: {}\n", "/cfg/job.yaml");
   EXPECT_TRUE(defaults.noisy_gd.enabled) << "a present section is enabled";
   EXPECT_TRUE(defaults.s3t.enabled);
-  EXPECT_GT(defaults.noisy_gd.lambda, 0);
-  EXPECT_DOUBLE_EQ(defaults.noisy_gd.eta, 1.0 / (0.5 + defaults.noisy_gd.lambda)) << "default eta: 1/(beta + lambda)";
-  EXPECT_DOUBLE_EQ(defaults.noisy_gd.clip, std::sqrt(2.0));
+  EXPECT_GT(defaults.noisy_gd.params.lambda, 0);
+  EXPECT_DOUBLE_EQ(defaults.noisy_gd.params.eta, 1.0 / (0.5 + defaults.noisy_gd.params.lambda)) << "default eta: 1/(beta + lambda)";
+  EXPECT_DOUBLE_EQ(defaults.noisy_gd.params.clip, std::sqrt(2.0));
   EXPECT_DOUBLE_EQ(defaults.noisy_gd.target_epsilon, 1.0);
   EXPECT_FALSE(defaults.noisy_gd.delta.has_value()) << "1/n";
   EXPECT_EQ(parse_job_config(std::string(kValid) + "noisy_gd:\n", "/cfg/job.yaml").noisy_gd.enabled, true)
@@ -115,24 +114,24 @@ TEST(JobConfig, NoisyGdSectionDefaultsAndValues) {
                                         "noisy_gd: {lambda: 0.1, eta: 1.5, sigma: 0.3, clip: 2, steps: 50, "
                                         "target_epsilon: 0.5, delta: 1e-6}\n",
                                     "/cfg/job.yaml");
-  EXPECT_DOUBLE_EQ(set.noisy_gd.lambda, 0.1);
-  EXPECT_DOUBLE_EQ(set.noisy_gd.eta, 1.5);
-  EXPECT_DOUBLE_EQ(set.noisy_gd.sigma, 0.3);
-  EXPECT_DOUBLE_EQ(set.noisy_gd.clip, 2.0);
+  EXPECT_DOUBLE_EQ(set.noisy_gd.params.lambda, 0.1);
+  EXPECT_DOUBLE_EQ(set.noisy_gd.params.eta, 1.5);
+  EXPECT_DOUBLE_EQ(set.noisy_gd.params.sigma, 0.3);
+  EXPECT_DOUBLE_EQ(set.noisy_gd.params.clip, 2.0);
   EXPECT_EQ(set.noisy_gd.train_steps, 50);
   EXPECT_DOUBLE_EQ(set.noisy_gd.target_epsilon, 0.5);
   EXPECT_DOUBLE_EQ(set.noisy_gd.delta.value(), 1e-6);
-  const auto json = lethe::launch::to_json(set).at("noisy_gd");
+  const auto json = lethe::trainer::to_json(set).at("noisy_gd");
   EXPECT_EQ(json.at("steps"), 50);
   EXPECT_EQ(json.at("delta"), 1e-6);
-  const auto spec = lethe::launch::to_noisy_gd_spec(set);
+  const auto& spec = set.noisy_gd;
   EXPECT_DOUBLE_EQ(spec.params.eta, 1.5);
   EXPECT_EQ(spec.train_steps, 50);
   EXPECT_DOUBLE_EQ(spec.delta.value(), 1e-6);
 
   const auto off = parse_job_config(std::string(kValid) + "noisy_gd: {enabled: false, sigma: 0.3}\n", "/cfg/job.yaml");
   EXPECT_FALSE(off.noisy_gd.enabled);
-  EXPECT_EQ(lethe::launch::config_digest(off), lethe::launch::config_digest(without))
+  EXPECT_EQ(lethe::trainer::config_digest(off), lethe::trainer::config_digest(without))
       << "a disabled section trains nothing, so it does not change the digest";
 }
 
@@ -141,7 +140,7 @@ TEST(JobConfig, NoisyGdOnlyJobTurnsS3TOff) {
   EXPECT_FALSE(c.s3t.enabled);
   EXPECT_TRUE(c.noisy_gd.enabled);
   EXPECT_EQ(c.model.sites, 1) << "no adapters without S3T";
-  EXPECT_EQ(lethe::launch::to_json(c).at("s3t").at("enabled"), false);
+  EXPECT_EQ(lethe::trainer::to_json(c).at("s3t").at("enabled"), false);
   // Without S3T, fewer blocks than s3t.slices is fine: no adapter sites are needed.
   EXPECT_NO_THROW((void)parse_job_config(with("slices: 3", "slices: 6, enabled: false") + "noisy_gd: {}\n", "/cfg/job.yaml"));
   // Nothing to train at all.
@@ -175,9 +174,9 @@ TEST(JobConfig, NoisyGdSettingsAreInTheDigest) {
   const auto base = parse_job_config(std::string(kValid) + "noisy_gd: {sigma: 0.1}\n", "/cfg/job.yaml");
   const auto other = parse_job_config(std::string(kValid) + "noisy_gd: {sigma: 0.2}\n", "/cfg/job.yaml");
   const auto none = parse_job_config(kValid, "/cfg/job.yaml");
-  EXPECT_NE(lethe::launch::config_digest(base), lethe::launch::config_digest(other));
-  EXPECT_NE(lethe::launch::config_digest(base), lethe::launch::config_digest(none));
-  EXPECT_EQ(lethe::launch::to_job_spec(base, "/j").config.at("noisy_gd").at("sigma"), 0.1) << "stored in the manifest";
+  EXPECT_NE(lethe::trainer::config_digest(base), lethe::trainer::config_digest(other));
+  EXPECT_NE(lethe::trainer::config_digest(base), lethe::trainer::config_digest(none));
+  EXPECT_EQ(lethe::trainer::to_json(lethe::launch::with_job_dir(base, "/j")).at("noisy_gd").at("sigma"), 0.1) << "stored in the manifest";
 }
 
 TEST(JobConfig, MissingFileIsAClearError) {

@@ -82,8 +82,8 @@ TEST(NoisyGdGradient, ClipAtSqrtTwoChangesNothingAndBelowItDoes) {
   // Large weights push softmax to its extremes, where ||p - e_y|| approaches sqrt 2.
   const auto trained_with_clip = [&](double clip) {
     NoisyGdConfig config = small_config(2);
-    config.params.clip = clip;
-    config.params.sigma = 3.0;  // big noise: big weights
+    config.settings.params.clip = clip;
+    config.settings.params.sigma = 3.0;  // big noise: big weights
     NoisyGdModel model(config, *comm);
     model.train(data);
     return model;
@@ -164,7 +164,7 @@ TEST(NoisyGdDeletion, ReceiptFollowsTheAccountant) {
   auto comm = single_rank();
   NoisyGdModel model(small_config(3), *comm);
   model.train(data);
-  Accountant expected(small_config(3).params, 60);
+  Accountant expected(small_config(3).settings.params, 60);
   expected.record_training(100);
   expected.record_deletion(6);
   const DeletionPlan plan = expected.plan_deletion(1.0);
@@ -204,8 +204,8 @@ TEST(NoisyGdDeletion, RetrainsWhenUnlearningCostsMore) {
   const LocalData data = synthetic_data(60, 51);
   auto comm = single_rank();
   NoisyGdConfig config = small_config(4);
-  config.train_steps = 20;
-  config.target_epsilon = 0.01;  // K_U far above 20 steps
+  config.settings.train_steps = 20;
+  config.settings.target_epsilon = 0.01;  // K_U far above 20 steps
   NoisyGdModel model(config, *comm);
   model.train(data);
   const DeletionReceipt receipt = model.delete_records(rows_of(data, 30, 60));
@@ -237,7 +237,7 @@ TEST(NoisyGdDeletion, RefusesInconsistentData) {
   EXPECT_THROW(model.continue_training(bad_labels, 1), NoisyGdError);
   EXPECT_THROW(model.continue_training({data.features.to(torch::kFloat32), data.labels}, 1), NoisyGdError);
   NoisyGdConfig bad = small_config(1);
-  bad.params.eta = 5.0;
+  bad.settings.params.eta = 5.0;
   EXPECT_THROW(NoisyGdModel(bad, *comm), AccountantError);
 }
 

@@ -89,8 +89,8 @@ TEST(NoisyGdCertificate, ParametersIndistinguishableFromRetraining) {
   at::Tensor direction;
   {
     NoisyGdConfig quiet = small_config(0);
-    quiet.params.sigma = 1e-9;
-    quiet.train_steps = 400;
+    quiet.settings.params.sigma = 1e-9;
+    quiet.settings.train_steps = 400;
     NoisyGdModel with(quiet, *comm);
     NoisyGdModel without(quiet, *comm);
     with.train(problem.full);
@@ -118,7 +118,7 @@ TEST(NoisyGdCertificate, ParametersIndistinguishableFromRetraining) {
     const DeletionReceipt receipt = model.delete_records(problem.remaining);
     record(after, model.weights());
     unlearning_steps = receipt.unlearning_steps;
-    bound = std::sqrt(2.0 * unlearning_rdp_slope(small_config(0).params, receipt.z, receipt.unlearning_steps));
+    bound = std::sqrt(2.0 * unlearning_rdp_slope(small_config(0).settings.params, receipt.z, receipt.unlearning_steps));
 
     NoisyGdModel reference(small_config(static_cast<std::uint64_t>(kSeeds + seed)), *comm);
     reference.train(problem.remaining);

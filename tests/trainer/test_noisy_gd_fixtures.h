@@ -54,13 +54,13 @@ inline LocalData share_of(const LocalData& data, int rank, int world) {
 
 inline NoisyGdConfig small_config(std::uint64_t seed) {
   NoisyGdConfig config;
-  config.params.lambda = 0.1;
-  config.params.eta = 1.0;
-  config.params.sigma = 0.1;
+  config.settings.params.lambda = 0.1;
+  config.settings.params.eta = 1.0;
+  config.settings.params.sigma = 0.1;
   config.num_features = kFeatures;
   config.num_classes = kClasses;
-  config.train_steps = 100;
-  config.target_epsilon = 1.0;
+  config.settings.train_steps = 100;
+  config.settings.target_epsilon = 1.0;
   config.seed = seed;
   return config;
 }

@@ -14,6 +14,7 @@
 #include "storage/checkpoint_store.h"
 #include "storage/dataset.h"
 #include "test_noisy_gd_fixtures.h"
+#include "trainer/frozen_backbone.h"
 #include "trainer/job_manifest.h"
 #include "trainer/noisy_gd_job.h"
 
@@ -32,6 +33,17 @@ std::string replace(std::string text, const std::string& from, const std::string
   const auto at = text.find(from);
   if (at == std::string::npos) throw std::runtime_error("'" + from + "' not in:\n" + text);
   return text.replace(at, from.size(), to);
+}
+
+// The manifest as stored (JSON), to assert on its content.
+json manifest_json(const fs::path& job) { return lethe::trainer::encode_job_manifest(lethe::trainer::read_job_manifest(job)); }
+
+// One rank's share of a job's noisy-GD records, read as the route reads it.
+NoisyGdShare share_of(const fs::path& job, lethe::comm::Communicator& comm) {
+  const auto manifest = lethe::trainer::read_job_manifest(job);
+  lethe::trainer::FrozenBackbone backbone(manifest.model, manifest.backbone_path(), "cpu");
+  const auto dataset = lethe::storage::Dataset::open(manifest.dataset.path);
+  return lethe::trainer::load_noisy_gd_share(dataset, backbone, 1024, {}, comm);
 }
 
 class NoisyGdJob : public lethe::test::CliJobTest {
@@ -61,7 +73,7 @@ TEST_F(NoisyGdJob, NoisyGdOnlyJobTrainsCommitsAndEvaluates) {
   ASSERT_EQ(t.status, 0) << t.out;
   const auto tj = json_of(t);
   EXPECT_EQ(tj.at("models"), json::array({"noisy_gd"}));
-  EXPECT_FALSE(tj.contains("digests")) << "no S3T";
+  EXPECT_FALSE(tj.contains("s3t")) << "no S3T";
   const auto& report = tj.at("noisy_gd");
   const auto n = static_cast<std::int64_t>(trainable_ids().size());
   EXPECT_EQ(report.at("records"), n);
@@ -69,10 +81,10 @@ TEST_F(NoisyGdJob, NoisyGdOnlyJobTrainsCommitsAndEvaluates) {
   EXPECT_EQ(report.at("version"), 1);
   EXPECT_GT(report.at("train_accuracy").get<double>(), 0.8) << t.out;
 
-  const auto manifest = lethe::trainer::read_job_manifest(dir_ / "run");
+  const auto manifest = manifest_json(dir_ / "run");
   EXPECT_EQ(manifest.at("status"), "trained");
-  EXPECT_TRUE(manifest.at("shards").empty());
-  const auto& section = manifest.at("noisy_gd");
+  EXPECT_FALSE(manifest.at("routes").contains("s3t"));
+  const auto& section = manifest.at("routes").at("noisy_gd");
   EXPECT_EQ(section.at("series"), lethe::trainer::kNoisyGdSeries);
   EXPECT_EQ(section.at("version"), 1);
   EXPECT_EQ(section.at("records"), n);
@@ -119,10 +131,10 @@ TEST_F(NoisyGdJob, BesideS3TBothModelsTrainAndEvalReportsEach) {
   ASSERT_EQ(t.status, 0) << t.out;
   const auto tj = json_of(t);
   EXPECT_EQ(tj.at("models"), json::array({"s3t", "noisy_gd"}));
-  EXPECT_EQ(tj.at("digests").size(), 4u);
-  const auto manifest = lethe::trainer::read_job_manifest(dir_ / "run");
-  EXPECT_EQ(manifest.at("shards").size(), 2u);
-  EXPECT_EQ(manifest.at("noisy_gd").at("digest"), tj.at("noisy_gd").at("digest"));
+  EXPECT_EQ(tj.at("s3t").at("digests").size(), 4u);
+  const auto manifest = manifest_json(dir_ / "run");
+  EXPECT_EQ(manifest.at("routes").at("s3t").at("shards").size(), 2u);
+  EXPECT_EQ(manifest.at("routes").at("noisy_gd").at("digest"), tj.at("noisy_gd").at("digest"));
 
   const auto e = run_command(lethe_cmd() + " eval --job " + (dir_ / "run").string());
   ASSERT_EQ(e.status, 0) << e.out;
@@ -167,7 +179,7 @@ TEST_F(NoisyGdJob, SharesPartitionTheLiveNonPublicRecordsAndTheApiRoundTrips) {
 
   std::vector<NoisyGdShare> shares(2);
   lethe::comm::run_in_process(2, [&](lethe::comm::Communicator& comm) {
-    shares[static_cast<std::size_t>(comm.rank())] = lethe::trainer::load_noisy_gd_share(job, comm);
+    shares[static_cast<std::size_t>(comm.rank())] = share_of(job, comm);
   });
   std::set<std::string> all;
   const auto dataset = lethe::storage::Dataset::open(dir_ / "train.h5");
@@ -194,7 +206,7 @@ TEST_F(NoisyGdJob, SharesPartitionTheLiveNonPublicRecordsAndTheApiRoundTrips) {
 
   // One rank alone holds every record, with the same features as the two shares.
   auto world = lethe::comm::make_in_process_world(1);
-  const auto whole = lethe::trainer::load_noisy_gd_share(job, *world.front());
+  const auto whole = share_of(job, *world.front());
   ASSERT_EQ(whole.ids.size(), expected.size());
   for (std::size_t i = 0; i < whole.ids.size(); ++i) {
     const auto& share = shares[i % 2];
@@ -202,23 +214,24 @@ TEST_F(NoisyGdJob, SharesPartitionTheLiveNonPublicRecordsAndTheApiRoundTrips) {
   }
   EXPECT_TRUE(torch::equal(whole.data.features.slice(0, 1, c10::nullopt, 2), shares[1].data.features));
 
-  // The manifest's version loads; a commit adds a version and updates the section in the given JSON.
-  auto model = lethe::trainer::load_job_noisy_gd_model(job, *world.front());
+  // The manifest's version loads; a commit adds a version and returns the section naming it.
   auto manifest = lethe::trainer::read_job_manifest(job);
+  auto model = lethe::trainer::load_noisy_gd_model(manifest, *world.front());
   const lethe::storage::CheckpointStore store(job / "checkpoints");
   EXPECT_EQ(model.accountant().current_n(), static_cast<std::int64_t>(expected.size()) + 1) << "trained before the erase";
   const auto receipt = model.delete_records(whole.data);
   EXPECT_EQ(receipt.deleted, 1);
-  const auto info = lethe::trainer::commit_noisy_gd_model(model, job, manifest);
-  EXPECT_EQ(info.version, 2);
-  EXPECT_EQ(manifest.at("noisy_gd").at("version"), 2);
-  EXPECT_EQ(manifest.at("noisy_gd").at("digest"), info.digest);
-  EXPECT_EQ(manifest.at("noisy_gd").at("records"), static_cast<std::int64_t>(expected.size()));
-  EXPECT_EQ(lethe::trainer::read_job_manifest(job).at("noisy_gd").at("version"), 1) << "the caller writes the manifest";
-  const auto still_v1 = lethe::trainer::load_job_noisy_gd_model(job, *world.front());
+  const auto section = lethe::trainer::commit_noisy_gd_model(model, manifest);
+  EXPECT_EQ(section.version, 2);
+  EXPECT_EQ(section.digest, store.versions(lethe::trainer::kNoisyGdSeries).back().digest);
+  EXPECT_EQ(section.records, static_cast<std::int64_t>(expected.size()));
+  EXPECT_EQ(manifest_json(job).at("routes").at("noisy_gd").at("version"), 1) << "the caller commits the manifest";
+  const auto still_v1 = lethe::trainer::load_noisy_gd_model(lethe::trainer::read_job_manifest(job), *world.front());
   EXPECT_FALSE(torch::equal(still_v1.weights(), model.weights())) << "loads the manifest's version, not the latest";
-  lethe::trainer::write_job_manifest(job, manifest);
-  EXPECT_TRUE(torch::equal(lethe::trainer::load_job_noisy_gd_model(job, *world.front()).weights(), model.weights()));
+  manifest.routes[lethe::trainer::kNoisyGdRouteName] = lethe::trainer::encode_noisy_gd_section(section);
+  lethe::trainer::commit_job_manifest(manifest);
+  EXPECT_TRUE(torch::equal(
+      lethe::trainer::load_noisy_gd_model(lethe::trainer::read_job_manifest(job), *world.front()).weights(), model.weights()));
   EXPECT_EQ(store.versions(lethe::trainer::kNoisyGdSeries).size(), 2u);
 }
 
@@ -253,7 +266,7 @@ TEST_F(NoisyGdJob, JobWithoutNoisyGdSaysSoWhenAskedForItsModel) {
   ASSERT_EQ(train(config, dir_ / "run").status, 0);
   auto world = lethe::comm::make_in_process_world(1);
   try {
-    (void)lethe::trainer::load_job_noisy_gd_model(dir_ / "run", *world.front());
+    (void)lethe::trainer::load_noisy_gd_model(lethe::trainer::read_job_manifest(dir_ / "run"), *world.front());
     FAIL() << "loaded a model the job does not have";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("noisy_gd section"), std::string::npos) << e.what();

@@ -109,7 +109,7 @@ TEST_F(ResumeKill, KilledRunResumesToTheDigestsOfAnUninterruptedOne) {
   const auto start = std::chrono::steady_clock::now();
   const auto reference = train(config, dir_ / "whole");
   ASSERT_EQ(reference.status, 0) << reference.out;
-  const auto reference_digests = json_of(reference).at("digests");
+  const auto reference_digests = json_of(reference).at("s3t").at("digests");
   const auto whole_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   const auto job = dir_ / "killed";
@@ -147,7 +147,7 @@ TEST_F(ResumeKill, KilledRunResumesToTheDigestsOfAnUninterruptedOne) {
   EXPECT_EQ(train(config, job).status, 1);
   const auto resumed = train(config, job, 2, "--resume");
   ASSERT_EQ(resumed.status, 0) << resumed.out << "\nkilled run's log:\n" << std::ifstream(dir_ / "killed.log").rdbuf();
-  EXPECT_EQ(json_of(resumed).at("digests"), reference_digests);
+  EXPECT_EQ(json_of(resumed).at("s3t").at("digests"), reference_digests);
 
   // Nothing committed before the kill was retrained or rewritten: same versions, same digests, and
   // exactly one version per prefix in the end.

@@ -16,8 +16,8 @@
 #include "storage/record_assignment.h"
 #include "tests/trainer/cli_job_fixture.h"
 #include "trainer/job_manifest.h"
-#include "trainer/s3t_job.h"
 #include "trainer/s3t_plan.h"
+#include "trainer/s3t_state.h"
 
 using namespace lethe::test;
 using namespace lethe::trainer;
@@ -49,14 +49,16 @@ std::uint64_t digest_of(const std::vector<std::string>& ids) {
 
 // What the coordinator does for deleted records of a trained job: truncate every sequence of the
 // record's shard, purge the prefix checkpoints the record influenced (unless `purge` is false, as if
-// it crashed first), list dead shards for retraining, commit the manifest.
+// it crashed first), list dead shards for retraining, record the dataset's content after the
+// erasure, commit the manifest.
 void apply_deletions(const fs::path& job, const lethe::storage::Dataset& dataset, const std::vector<std::string>& ids,
                      int shards, int slices, const std::set<int>& purge_shards) {
   auto manifest = read_job_manifest(job);
-  CheckpointStore store(job / "checkpoints");
-  json pending = json::array();
+  auto section = decode_s3t_section(*manifest.section(kS3TRouteName), "test");
+  CheckpointStore store(manifest.checkpoints_path());
+  std::vector<int> pending;
   for (int k = 0; k < shards; ++k) {
-    auto plan = shard_plan_from_json(manifest["shards"][static_cast<std::size_t>(k)]["plan"]);
+    auto& plan = section.shards[static_cast<std::size_t>(k)].plan;
     for (const auto& id : ids) {
       const auto a = dataset.assigner().assign(id, shards, slices);
       if (a.shard != k) continue;
@@ -71,13 +73,16 @@ void apply_deletions(const fs::path& job, const lethe::storage::Dataset& dataset
       }
     }
     if (is_dead(plan)) pending.push_back(k);
-    manifest["shards"][static_cast<std::size_t>(k)]["plan"] = shard_plan_to_json(plan);
   }
-  manifest["retrain_pending"] = pending;
-  write_job_manifest(job, manifest);
+  section.retrain_pending = pending;
+  manifest.routes[kS3TRouteName] = encode_s3t_section(section);
+  manifest.dataset.digest = dataset.content_digest();
+  commit_job_manifest(manifest);
 }
 
-json load_manifest(const fs::path& job) { return read_job_manifest(job); }
+// The manifest as stored, and its S3T section.
+json load_manifest(const fs::path& job) { return encode_job_manifest(read_job_manifest(job)); }
+json s3t_of(const json& manifest) { return manifest.at("routes").at("s3t"); }
 
 }  // namespace
 
@@ -107,10 +112,11 @@ TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
   const auto dataset = lethe::storage::Dataset::open(dir_ / "train.h5");
   apply_deletions(job, dataset, erased, shape.shards, shape.slices, {0});
   const auto truncated = load_manifest(job);
-  ASSERT_EQ(truncated.at("retrain_pending"), json::array({1}));
+  ASSERT_EQ(s3t_of(truncated).at("retrain_pending"), json::array({1}));
   std::vector<std::vector<int>> depth_before(2);
+  const auto truncated_s3t = s3t_of(truncated);
   for (int k = 0; k < 2; ++k) {
-    for (const auto& s : truncated["shards"][k]["plan"]["sequences"]) depth_before[k].push_back(s["surviving_prefix"].get<int>());
+    for (const auto& s : truncated_s3t["shards"][k]["plan"]["sequences"]) depth_before[k].push_back(s["surviving_prefix"].get<int>());
   }
   ASSERT_EQ(depth_before[0], (std::vector<int>{1, 0, 2}));
   ASSERT_EQ(depth_before[1], (std::vector<int>{0, 0, 0}));
@@ -123,20 +129,22 @@ TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
   const auto report = json_of(r);
   EXPECT_EQ(report.at("ranks"), 2);
   EXPECT_EQ(report.at("retrained"), true);
-  EXPECT_EQ(report.at("sequences_restored"), 6);
-  EXPECT_EQ(report.at("shards_revived"), json::array({1}));
-  EXPECT_EQ(report.at("checkpoints_purged"), 9);  // shard 1's, left by the "crashed" coordinator
-  EXPECT_EQ(report.at("steps_planned"), (2 + 3 + 1) + 9);
-  EXPECT_EQ(report.at("steps_trained"), (2 + 3 + 1) + 9);
+  const auto& s3t = report.at("s3t");
+  EXPECT_EQ(s3t.at("sequences_restored"), 6);
+  EXPECT_EQ(s3t.at("shards_revived"), json::array({1}));
+  EXPECT_EQ(s3t.at("checkpoints_purged"), 9);  // shard 1's, left by the "crashed" coordinator
+  EXPECT_EQ(s3t.at("steps_planned"), (2 + 3 + 1) + 9);
+  EXPECT_EQ(s3t.at("steps_trained"), (2 + 3 + 1) + 9);
   EXPECT_EQ(report.at("model_version"), 1);
   EXPECT_GT(report.at("seconds").get<double>(), 0.0);
 
   // Full depth, nothing pending, a new model version.
   const auto manifest = load_manifest(job);
   EXPECT_EQ(manifest.at("status"), "trained");
-  EXPECT_EQ(manifest.at("retrain_pending"), json::array());
+  EXPECT_EQ(s3t_of(manifest).at("retrain_pending"), json::array());
   EXPECT_EQ(manifest.at("model_version"), 1);
-  for (const auto& shard : manifest.at("shards")) {
+  const auto manifest_s3t = s3t_of(manifest);
+  for (const auto& shard : manifest_s3t.at("shards")) {
     for (const auto& s : shard.at("plan").at("sequences")) EXPECT_EQ(s.at("surviving_prefix"), shape.slices);
   }
 
@@ -161,8 +169,8 @@ TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
   // because their metadata truthfully records the data version they were trained on (before erasure).
   const auto fresh = train(config, dir_ / "fresh");
   ASSERT_EQ(fresh.status, 0) << fresh.out;
-  const auto fresh_digests = json_of(fresh).at("digests");
-  EXPECT_EQ(report.at("digests").size(), fresh_digests.size());
+  const auto fresh_digests = json_of(fresh).at("s3t").at("digests");
+  EXPECT_EQ(s3t.at("digests").size(), fresh_digests.size());
   const CheckpointStore fresh_store(dir_ / "fresh" / "checkpoints");
   for (int k = 0; k < shape.shards; ++k) {
     for (int b = 0; b < shape.sequences; ++b) {
@@ -178,7 +186,7 @@ TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
           EXPECT_TRUE(ours.tensors[t].bytes == theirs.tensors[t].bytes) << name << " P_" << prefix << " " << ours.tensors[t].name;
         }
         if (prefix > depth_before[static_cast<std::size_t>(k)][static_cast<std::size_t>(b)]) {
-          EXPECT_EQ(report.at("digests").at(name)[i], fresh_digests.at(name)[i]) << name << " P_" << prefix;
+          EXPECT_EQ(s3t.at("digests").at(name)[i], fresh_digests.at(name)[i]) << name << " P_" << prefix;
         } else {
           auto a = ours.info.metadata, c = theirs.info.metadata;
           EXPECT_NE(a.at("data_version"), c.at("data_version"));
@@ -233,12 +241,12 @@ TEST_F(Retrain, RefusesWhileAnotherWriterHoldsTheJobOrItsConfigWasEdited) {
   // Once the writer is gone, the same command succeeds.
   const auto r = run_command(lethe_cmd() + " retrain --job " + job.string());
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_EQ(json_of(r).at("sequences_restored"), 1);
+  EXPECT_EQ(json_of(r).at("s3t").at("sequences_restored"), 1);
   EXPECT_EQ(load_manifest(job).at("model_version"), 1);
 
   // A config.json that no longer matches the run (edited) is refused before anything is purged.
   apply_deletions(job, lethe::storage::Dataset::open(dir_ / "train.h5"), {victim}, 1, 2, {});
-  auto edited = read_json_file(job / "config.json");
+  auto edited = json::parse(std::ifstream(job / "config.json"));
   edited["training"]["learning_rate"] = 0.5;
   std::ofstream(job / "config.json") << edited.dump(2);
   const auto before = snapshot(job);

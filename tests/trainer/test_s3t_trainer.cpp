@@ -37,7 +37,7 @@ Data make_data(std::int64_t n, std::uint64_t seed) {
   return d;
 }
 
-StepOptions options() { return StepOptions{3, 16, 5e-3}; }
+OptimizerSettings options() { return OptimizerSettings{3, 16, 5e-3}; }
 
 std::vector<PrefixState> train(const Data& d, const std::vector<int>& order, std::uint64_t seed,
                                const PrefixState* resume = nullptr) {

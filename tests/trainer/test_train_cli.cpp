@@ -52,13 +52,13 @@ TEST_F(TrainCli, PretrainTrainEvalEndToEnd) {
   const auto t = train(config, dir_ / "run");
   ASSERT_EQ(t.status, 0) << t.out;
   const auto tj = json_of(t);
-  EXPECT_EQ(tj.at("digests").size(), 4u);
-  for (const auto& [series, digests] : tj.at("digests").items()) EXPECT_EQ(digests.size(), 3u) << series;
-  EXPECT_GT(tj.at("samples").get<long>(), 0);
+  EXPECT_EQ(tj.at("s3t").at("digests").size(), 4u);
+  for (const auto& [series, digests] : tj.at("s3t").at("digests").items()) EXPECT_EQ(digests.size(), 3u) << series;
+  EXPECT_GT(tj.at("s3t").at("samples").get<long>(), 0);
   for (const char* f : {"manifest.json", "config.yaml", "config.json", "backbone.h5"}) EXPECT_TRUE(fs::exists(dir_ / "run" / f)) << f;
   const auto manifest = json::parse(std::ifstream(dir_ / "run" / "manifest.json"));
   EXPECT_EQ(manifest.at("status"), "trained");
-  EXPECT_EQ(manifest.at("shards")[0].at("plan").at("sequences")[1].at("surviving_prefix"), 3);
+  EXPECT_EQ(manifest.at("routes").at("s3t").at("shards")[0].at("plan").at("sequences")[1].at("surviving_prefix"), 3);
   // Every prefix checkpoint records what it was trained on.
   const lethe::storage::CheckpointStore store(dir_ / "run" / "checkpoints");
   const auto versions = store.versions("shard1-seq1");
@@ -91,7 +91,7 @@ TEST_F(TrainCli, SameDigestsForOneTwoAndThreeRanksAndAfterResume) {
   ASSERT_EQ(pretrain(config).status, 0);
   const auto one = train(config, dir_ / "n1");
   ASSERT_EQ(one.status, 0) << one.out;
-  const auto reference = json_of(one).at("digests");
+  const auto reference = json_of(one).at("s3t").at("digests");
   for (int n : {2, 3}) {
     auto job = dir_ / "n";
     job += std::to_string(n);  // not "n" + to_string(n): GCC 12 misreports a memcpy overflow there
@@ -99,7 +99,7 @@ TEST_F(TrainCli, SameDigestsForOneTwoAndThreeRanksAndAfterResume) {
     ASSERT_EQ(r.status, 0) << r.out;
     const auto j = json_of(r);
     EXPECT_EQ(j.at("ranks"), n);
-    EXPECT_EQ(j.at("digests"), reference) << n << " ranks";
+    EXPECT_EQ(j.at("s3t").at("digests"), reference) << n << " ranks";
   }
 
   // Interrupt: series shard0-seq1 lost P_2 and P_3, shard1-seq2 lost P_3; a crashed writer left a .tmp.
@@ -111,8 +111,8 @@ TEST_F(TrainCli, SameDigestsForOneTwoAndThreeRanksAndAfterResume) {
   const auto resumed = train(config, dir_ / "n1", "--resume");
   ASSERT_EQ(resumed.status, 0) << resumed.out;
   const auto rj = json_of(resumed);
-  EXPECT_EQ(rj.at("rank0").at("steps_trained"), 3);
-  EXPECT_EQ(rj.at("digests"), reference);
+  EXPECT_EQ(rj.at("s3t").at("rank0").at("steps_trained"), 3);
+  EXPECT_EQ(rj.at("s3t").at("digests"), reference);
 }
 
 TEST_F(TrainCli, CorruptCheckpointDuringResumeIsAClearErrorAndDamagesNothing) {
@@ -180,7 +180,7 @@ TEST_F(TrainCli, FullTrainingBaselineIsOneShardOneSliceOneSequence) {
   ASSERT_EQ(pretrain(config).status, 0);
   const auto t = train(config, dir_ / "full");
   ASSERT_EQ(t.status, 0) << t.out;
-  EXPECT_EQ(json_of(t).at("digests").at("shard0-seq0").size(), 1u);
+  EXPECT_EQ(json_of(t).at("s3t").at("digests").at("shard0-seq0").size(), 1u);
   const auto e = sh(lethe_cmd() + " eval --job " + (dir_ / "full").string());
   ASSERT_EQ(e.status, 0) << e.out;
   EXPECT_GT(json_of(e).at("accuracy").get<double>(), 0.8) << e.out;

@@ -3,9 +3,13 @@
 delete a few hundred records through the HTTP API (docs/API.md), measure what it did, prove
 erasure, and write a report with plots.
 
+It reads the job's data only through the lethe CLI: the data sets through `lethe inspect FILE`
+(summary) and `lethe inspect FILE --records` (every row, its features as hex), the ledger through
+`lethe status --job` (counts by status and the clear values left in finished requests).
+
 Steps, each named in the error message when it fails (the exit status is then 1):
   select      pick the records to delete (private, no byte-identical twin) and take their
-              feature bytes from the HDF5 dataset before anything is deleted
+              feature bytes from the training set (lethe inspect --records) before anything is deleted
   serve       mpiexec -np N lethe serve --listen 127.0.0.1:0; the port is its first JSON line
   accuracy    POST /v1/predict on the whole test set (1024 rows a request), both models
   singles     single-record requests, one at a time, accuracy every few deletions
@@ -14,32 +18,35 @@ Steps, each named in the error message when it fails (the exit status is then 1)
   stop        SIGTERM; the service must exit 0
   retrain     mpiexec lethe retrain --job (the S3T shards the deletions truncated or killed)
   erasure     every file under the job directory, the training set and the backbone holds none
-              of the deleted rows' bytes; the ledger holds no clear id or subject
-  report      REPORT.md, accuracy.png, depth.png, results.json
+              of the deleted rows' bytes; the ledger holds no clear id or subject (lethe status,
+              and a byte scan of the job's files)
+  report      results.json (everything the report needs), then REPORT.md, accuracy.png and
+              depth.png by scripts/demo_report.py, which can write them again from results.json alone
 
-Needs the Debian interpreter (/usr/bin/python3: numpy, h5py, matplotlib); stdlib otherwise.
+Needs the Debian interpreter (/usr/bin/python3: numpy, matplotlib); stdlib otherwise.
 """
 
 import argparse
 import concurrent.futures
-import datetime
 import json
 import os
 import random
 import re
 import shlex
 import signal
-import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import h5py
 import numpy as np
+
+import demo_report  # scripts/demo_report.py, beside this file
 
 
 class StepError(Exception):
@@ -51,35 +58,87 @@ def log(message):
     print(f"demo: {message}", flush=True)
 
 
-def percentile(values, q):
-    """Nearest-rank percentile of a non-empty list."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, int(np.ceil(q / 100 * len(ordered))) - 1))]
+# ---------------------------------------------------------------------------------------------
+# The lethe CLI: the data sets and the ledger are read through it, never through their file layouts.
+
+def lethe_json(lethe, step, *cli_args):
+    """`lethe --log-level warn ARGS`: its JSON stdout, parsed; StepError(step) when it fails."""
+    cmd = [lethe, "--log-level", "warn", *cli_args]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise StepError(step, f"`{' '.join(cmd)}` exited {p.returncode}: {p.stderr.strip()[-2000:]}")
+    try:
+        return json.loads(p.stdout)
+    except json.JSONDecodeError as e:
+        raise StepError(step, f"`{' '.join(cmd)}` printed no JSON ({e}): {p.stdout[:200]!r}")
 
 
-def parse_time(stamp):
-    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+DTYPES = {"uint8": np.uint8, "float32": np.float32}  # the stored element types; native byte order
+
+
+class Records:
+    """Every row of a dataset file, tombstoned ones included, in row order, from `lethe inspect FILE
+    --records` (one JSON object a line, streamed): ids, subjects ("" when none), labels, public and
+    tombstoned flags, and each row's stored feature bytes (`features`, a list of bytes)."""
+
+    def __init__(self, lethe, path, step="select"):
+        summary = lethe_json(lethe, step, "inspect", str(path))
+        self.dtype = DTYPES.get(summary.get("feature_type"))
+        if self.dtype is None:
+            raise StepError(step, f"`lethe inspect {path}` reports feature type {summary.get('feature_type')!r}; "
+                                  f"this script reads {', '.join(DTYPES)}")
+        width = int(np.prod(summary["feature_shape"])) * np.dtype(self.dtype).itemsize
+        self.ids, self.subjects, self.labels, self.public, self.tombstoned, self.features = [], [], [], [], [], []
+        cmd = [lethe, "--log-level", "warn", "inspect", str(path), "--records"]
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+            done = False
+            try:
+                for n, line in enumerate(proc.stdout):
+                    try:
+                        r = json.loads(line)
+                        row, fields = bytes.fromhex(r["features"]), (r["row"], r["id"], r["subject"], r["label"],
+                                                                     r["public"], r["tombstoned"])
+                    except (ValueError, KeyError, TypeError) as e:
+                        raise StepError(step, f"`{' '.join(cmd)}` line {n + 1}: not a record ({type(e).__name__}: {e})")
+                    if fields[0] != n or len(row) != width:
+                        raise StepError(step, f"`{' '.join(cmd)}` line {n + 1}: row {fields[0]} with {len(row)} feature "
+                                              f"bytes, expected row {n} with {width}")
+                    self.ids.append(fields[1])
+                    self.subjects.append(fields[2] or "")
+                    self.labels.append(fields[3])
+                    self.public.append(bool(fields[4]))
+                    self.tombstoned.append(bool(fields[5]))
+                    self.features.append(row)
+                done = True
+            finally:
+                if not done and proc.poll() is None:
+                    proc.kill()
+                proc.stdout.close()
+                rc = proc.wait()
+            if rc != 0:
+                err.seek(0)
+                raise StepError(step, f"`{' '.join(cmd)}` exited {rc}: {err.read().decode(errors='replace').strip()[-2000:]}")
+        if len(self.ids) != summary["records"]:
+            raise StepError(step, f"`{' '.join(cmd)}` printed {len(self.ids)} rows; `lethe inspect {path}` "
+                                  f"reports {summary['records']} records")
 
 
 # ---------------------------------------------------------------------------------------------
 # Data: the records to delete, their bytes, the test set.
 
 class Data:
-    def __init__(self, train_path, test_path):
-        with h5py.File(train_path, "r") as f:
-            self.features = f["features"][:].reshape(len(f["labels"]), -1)
-            chars = f["id_chars"][:].tobytes()
-            offsets = f["id_offsets"][:]
-            self.ids = [chars[offsets[i]:offsets[i + 1]].decode() for i in range(len(offsets) - 1)]
-            self.public = f["public"][:].astype(bool)
-            self.tombstoned = f["tombstoned"][:].astype(bool)
-            schars = f["subject_chars"][:].tobytes()
-            soff, slen = f["subject_offsets"][:], f["subject_lengths"][:]
-            self.subjects = [schars[soff[i]:soff[i] + slen[i]].decode() for i in range(len(slen))]
-        with h5py.File(test_path, "r") as f:
-            self.test_x = f["features"][:].reshape(len(f["labels"]), -1)
-            self.test_y = f["labels"][:]
-        rows = [r.tobytes() for r in self.features]
+    def __init__(self, lethe, train_path, test_path):
+        train = Records(lethe, train_path)
+        self.ids, self.subjects = train.ids, train.subjects
+        self.public = np.array(train.public, dtype=bool)
+        self.tombstoned = np.array(train.tombstoned, dtype=bool)
+        rows = train.features
+        test = Records(lethe, test_path)
+        if not test.features:
+            raise StepError("select", f"the test set {test_path} holds no records")
+        self.test_x = np.frombuffer(b"".join(test.features), dtype=test.dtype).reshape(len(test.features), -1)
+        self.test_y = np.array(test.labels)
         counts = {}
         for r in rows:
             counts[r] = counts.get(r, 0) + 1
@@ -381,7 +440,7 @@ class Run:
     def run(self):
         args = self.args
         t = time.time()
-        self.data = Data(args.train, args.test)
+        self.data = Data(args.lethe, args.train, args.test)
         singles, batches, subjects = select_records(self.data, args)
         self.subject_names = sorted(subjects)
         all_rows = [i for g in singles + batches for i in g] + [i for rows in subjects.values() for i in rows]
@@ -420,7 +479,10 @@ class Run:
 
         log("retraining the truncated S3T sequences (service stopped: lethe retrain takes the job lock)")
         t = time.time()
-        self.retrain, self.timings["retrain_s"] = self.mpi_run("retrain", "retrain", "--job", args.job)
+        report, self.timings["retrain_s"] = self.mpi_run("retrain", "retrain", "--job", args.job)
+        # results.json keeps the report less its digests: top level (older lethe) and per model ("s3t": {...}).
+        self.retrain = {k: ({kk: vv for kk, vv in v.items() if kk != "digests"} if isinstance(v, dict) else v)
+                        for k, v in report.items() if k != "digests"}
         self.retrain_span = (t - self.t0, time.time() - self.t0)
         service = Service(args, "after-retrain").start()
         with DepthSampler(service, self.t0, self.samples, len(self.deleted_rows)) as self.sampler:
@@ -431,7 +493,29 @@ class Run:
         self.erasure = self.check_erasure()
         self.timings["erasure_scan_s"] = time.time() - t
         self.timings["total_s"] = time.time() - self.t0
-        Report(self).write()
+        self.write_results()
+
+    # -- results and report ----------------------------------------------------------------------
+    def write_results(self):
+        """results.json: everything scripts/demo_report.py needs (its docstring has the schema), then
+        the report from it. No deleted id or subject goes in: requests carry their record counts only."""
+        results = {"config": vars(self.args), "finished_at": time.time(), "points": self.points,
+                   "depth_samples": self.samples, "retrain_span_s": list(self.retrain_span),
+                   "requests": [{"kind": r["kind"], "id": r["id"], "records": len(r["rows"]),
+                                 "sent": r["sent"], "seen_completed": r["seen_completed"], "receipt": r["receipt"]}
+                                for r in self.requests],
+                   "deleted_records": len(self.deleted_rows), "refused_records": len(self.refused_rows),
+                   "erasure": self.erasure, "retrain": self.retrain, "timings_s": self.timings}
+        path = self.out / "results.json"
+        try:
+            results.update(demo_report.derived(results))
+            path.write_text(json.dumps(results, indent=1, default=str))
+            # From the file, not this dict: the report the demo writes is the one results.json alone gives.
+            demo_report.write_report(json.loads(path.read_text()), self.out)
+        except Exception as e:
+            traceback.print_exc()
+            raise StepError("report", f"{type(e).__name__}: {e} (to write the report again from {path}: "
+                                      f"scripts/demo_report.py --results {path} --out {self.out})")
 
     # -- erasure ---------------------------------------------------------------------------------
     def check_erasure(self):
@@ -450,12 +534,19 @@ class Run:
         kept = scan_bytes([args.train], [self.data.row_bytes[i] for i in refused])
         if len(kept) != len(refused):
             raise StepError("erasure", f"the scan found {len(kept)} of the {len(refused)} refused public rows, which must stay")
-        # The ledger: no clear id, subject or idempotency key in its rows ...
-        db = sqlite3.connect(f"file:{Path(args.job) / 'ledger.sqlite'}?mode=ro", uri=True)
-        clear_records = db.execute("SELECT count(*) FROM request_records WHERE record_id IS NOT NULL").fetchone()[0]
-        clear_requests = db.execute("SELECT count(*) FROM requests WHERE subject IS NOT NULL OR idempotency_key IS NOT NULL").fetchone()[0]
-        statuses = dict(db.execute("SELECT status, count(*) FROM requests GROUP BY status").fetchall())
-        db.close()
+        # The ledger (`lethe status`): every request finished, and no clear id, subject or idempotency
+        # key left in a finished request's rows ...
+        deletions = lethe_json(args.lethe, "erasure", "status", "--job", args.job).get("deletions", {})
+        if "clear_values" not in deletions:
+            raise StepError("erasure", f"`lethe status --job {args.job}` printed no deletions.clear_values: "
+                                       "is the lethe binary older than this script?")
+        counts = {k: int(deletions.get(k, 0)) for k in ("queued", "applied", "completed", "failed")}
+        statuses = {k: v for k, v in sorted(counts.items()) if v}
+        if counts["queued"] or counts["applied"] or deletions.get("pending"):
+            raise StepError("erasure", f"the ledger has {counts['queued']} queued and {counts['applied']} applied "
+                                       f"requests after every receipt completed")
+        clear_records = deletions["clear_values"]["finished_record_ids"]
+        clear_requests = deletions["clear_values"]["finished_subjects_or_keys"]
         if clear_records or clear_requests:
             raise StepError("erasure", f"the ledger keeps {clear_records} clear record ids and {clear_requests} clear "
                                        f"subjects/keys after every request completed")
@@ -474,244 +565,10 @@ class Run:
         log(f"erasure: 0 of {len(deleted)} deleted rows found in {len(files)} files "
             f"({sum(f.stat().st_size for f in files) / 1e6:.1f} MB); ledger: 0 clear ids, statuses {statuses}")
         return {"files": len(files), "bytes": sum(f.stat().st_size for f in files), "rows_checked": len(deleted),
-                "rows_found": 0, "refused_public_rows_found": len(kept), "refused_public_rows": len(refused),
+                "rows_found": 0, "row_bytes": len(self.patterns[deleted[0]]) if deleted else 0,
+                "refused_public_rows_found": len(kept), "refused_public_rows": len(refused),
                 "ledger_clear_record_ids": clear_records, "ledger_clear_subjects_or_keys": clear_requests,
                 "ledger_statuses": statuses, "clear_tokens_found": 0, "scanned": [str(p) for p in scanned]}
-
-
-# ---------------------------------------------------------------------------------------------
-# The report.
-
-class Report:
-    def __init__(self, run):
-        self.run, self.out = run, run.out
-
-    def batches(self):
-        """One row per service batch (requests planned together share its model effects)."""
-        seen = {}
-        for r in self.run.requests:
-            receipt = r["receipt"]
-            version = receipt["model_version"]
-            if version not in seen:
-                noisy = next(m for m in receipt["models"] if m["name"] == "noisy_gd")
-                s3t = next(m for m in receipt["models"] if m["name"] == "s3t")
-                seen[version] = {"model_version": version, "requests": receipt["batch"]["requests"],
-                                 "records_deleted": receipt["batch"]["records_deleted"], "kinds": set(),
-                                 "noisy_route": noisy["route"], "K_U": noisy.get("unlearning_steps"),
-                                 "steps_run": noisy.get("steps_run"), "epsilon": noisy.get("epsilon"),
-                                 "delta": noisy.get("delta"), "certified": noisy.get("certified"),
-                                 "noisy_wall_s": noisy.get("wall_seconds"), "n_after": noisy.get("n_after"),
-                                 "shards_touched": len(s3t.get("shards", [])),
-                                 "shards_killed": sum(sh["full_retrain_scheduled"] for sh in s3t.get("shards", [])),
-                                 "applied_s": parse_time(receipt["applied_at"]) - parse_time(receipt["submitted_at"])}
-            seen[version]["kinds"].add(r["kind"])
-        rows = sorted(seen.values(), key=lambda b: b["model_version"])
-        for b in rows:
-            b["kinds"] = "+".join(sorted(b["kinds"]))
-        return rows
-
-    def latencies(self):
-        """ms percentiles of request -> completed, grouped by request kind and by noisy-GD route."""
-        groups = {}
-        for r in self.run.requests:
-            receipt = r["receipt"]
-            noisy = next(m for m in receipt["models"] if m["name"] == "noisy_gd")
-            sub = parse_time(receipt["submitted_at"])
-            sample = ((parse_time(receipt["applied_at"]) - sub) * 1e3, (parse_time(receipt["completed_at"]) - sub) * 1e3,
-                      (r["seen_completed"] - r["sent"]) * 1e3)
-            for key in (f"kind: {r['kind']}", f"route: slice_deactivation + {noisy['route']}"):
-                groups.setdefault(key, []).append(sample)
-        table = {}
-        for key, samples in sorted(groups.items()):
-            col = lambda k: [s[k] for s in samples]
-            table[key] = {"n": len(samples),
-                          "applied_p50_ms": percentile(col(0), 50),
-                          "completed_p50_ms": percentile(col(1), 50), "completed_p90_ms": percentile(col(1), 90),
-                          "completed_p99_ms": percentile(col(1), 99), "completed_max_ms": max(col(1)),
-                          "client_p50_ms": percentile(col(2), 50), "client_p99_ms": percentile(col(2), 99)}
-        return table
-
-    def plot(self):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        points = self.run.points
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        xs = [p["deleted"] for p in points]
-        s3t = [np.nan if p["s3t"] is None else p["s3t"] for p in points]
-        ax.plot(xs[:-1], s3t[:-1], "o-", label="S3T ensemble (served prefixes)")
-        ax.plot(xs[:-1], [p["noisy_gd"] for p in points[:-1]], "s-", label="noisy GD (certified, ε = 1 per batch)")
-        ax.plot([xs[-1]], [s3t[-1]], "o", color="C0", mfc="white", ms=9, label="S3T after lethe retrain")
-        ax.plot([xs[-1]], [points[-1]["noisy_gd"]], "s", color="C1", mfc="white", ms=9, label="noisy GD after the restart")
-        down = [p["deleted"] for p, y in zip(points, s3t) if np.isnan(y)]
-        if down:
-            ax.plot(down, [0.03] * len(down), "x", color="C0", ms=9, label="S3T down: no live shard (503)")
-        ax.set_xlabel("records deleted (private)")
-        ax.set_ylabel("test accuracy (10,000 images, POST /v1/predict)")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="center right", fontsize=8)
-        ax.set_title("Fashion-MNIST: accuracy against deletions")
-        fig.tight_layout()
-        fig.savefig(self.out / "accuracy.png", dpi=110)
-        plt.close(fig)
-
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        samples = self.run.samples
-        ts = [s["t"] for s in samples]
-        for k in range(len(samples[0]["depth"])):
-            ax.step(ts, [s["depth"][k] + 0.04 * (k - 1.5) for s in samples], where="post", label=f"shard {k}")
-        marks = [(p["t"], p["label"]) for p in points]
-        for t, label in marks:
-            ax.axvline(t, color="grey", lw=0.5, ls=":")
-        ax.axvspan(*self.run.retrain_span, color="grey", alpha=0.15, label="service stopped: lethe retrain")
-        ax.set_xlabel("seconds since the demo's deletion part started (dotted: accuracy measurements)")
-        ax.set_ylabel("served depth (slices; 0 = dead)")
-        ax.set_yticks(range(0, 5))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title("S3T: surviving depth per shard over time (GET /v1/models)")
-        fig.tight_layout()
-        fig.savefig(self.out / "depth.png", dpi=110)
-        plt.close(fig)
-
-    def write(self):
-        run, args = self.run, self.run.args
-        self.plot()
-        batches, lat = self.batches(), self.latencies()
-        results = {"config": vars(args), "points": run.points, "batches": batches, "latency_ms": lat,
-                   "erasure": run.erasure, "retrain": {k: v for k, v in run.retrain.items() if k != "digests"},
-                   "timings_s": run.timings, "depth_samples": run.samples,
-                   "requests": [{"kind": r["kind"], "id": r["id"], "records": len(r["rows"]),
-                                 "receipt": r["receipt"]} for r in run.requests]}
-        (self.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-        before, after_del, after = run.points[0], run.points[-2], run.points[-1]
-        fmt = lambda a: "down (no live shard)" if a is None else f"{a:.4f}"
-        kinds = {}
-        for r in run.requests:
-            kinds.setdefault(r["kind"], [0, 0])
-            kinds[r["kind"]][0] += 1
-            kinds[r["kind"]][1] += len(r["rows"])
-        md = [
-            "# Lethe demo: deletions through the service",
-            "",
-            f"Written by `scripts/demo_drive.py` ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}); "
-            "the numbers come from this run. Raw data: `results.json`; service logs: `serve-*.log`.",
-            "",
-            "## Configuration",
-            "",
-            f"- Job `{args.job}`: S3T 4 shards × 4 slices × 4 sequences (cyclic) and the noisy-GD model "
-            "(softmax regression on the frozen backbone's features, target ε = 1 per deletion batch), trained on "
-            "Fashion-MNIST (60,000 training images, 10% public; 10,000 test images).",
-            f"- Service: `{args.mpiexec} lethe serve --listen 127.0.0.1:0 --token-file … --body-limit 8388608` "
-            f"(token file mode 0600); started in {run.timings['serve_start_s']:.1f} s.",
-            f"- Deletions: {', '.join(f'{n} {k} request(s) ({m} records)' for k, (n, m) in kinds.items())}; "
-            f"{len(run.deleted_rows)} private records deleted, {len(run.refused_rows)} public records of the subjects "
-            "refused (`refused_public`: they pretrained the backbone). Singles and batches are sent one at a time "
-            "(each waits for its receipt); the subject requests are sent together by 8 client threads. Records are "
-            f"picked at random (seed {args.seed}) among private records whose image has no byte-identical twin.",
-            "- Accuracy: `POST /v1/predict` on the whole test set, 1024 rows a request, for `s3t` and `noisy_gd`.",
-            "",
-            "## Accuracy against deletions",
-            "",
-            "![accuracy](accuracy.png)",
-            "",
-            "| point | deleted | S3T live shards | S3T depths | S3T accuracy | noisy-GD accuracy |",
-            "|---|---|---|---|---|---|",
-        ]
-        for p in run.points:
-            md.append(f"| {p['label']} | {p['deleted']} | {p['live_shards']} | {p['depth']} | {fmt(p['s3t'])} | {p['noisy_gd']:.4f} |")
-        md += [
-            "",
-            f"Before: S3T {fmt(before['s3t'])}, noisy GD {before['noisy_gd']:.4f}. After {after_del['deleted']} deletions: "
-            f"S3T {fmt(after_del['s3t'])}, noisy GD {after_del['noisy_gd']:.4f}. After `lethe retrain` "
-            f"({run.timings['retrain_s']:.1f} s on the service's ranks, the service stopped for it): S3T {fmt(after['s3t'])}, "
-            f"noisy GD {after['noisy_gd']:.4f}.",
-            "",
-            "S3T forgets by slice deactivation: a deleted record's slice and every later slice of each sequence of its "
-            "shard are dropped, so the served depth falls and a shard whose sequences all lost their first slice dies; "
-            "the 4 × 4 × 4 job's expected capacity is about 54 uniform deletions (docs/BENCHMARKS.md), far below the "
-            "few hundred deleted here, which is why the ensemble needs `lethe retrain`. Noisy GD forgets by K_U noisy "
-            "steps per batch (or a retrain from scratch when that is cheaper), so its accuracy barely moves.",
-            "",
-        ]
-        singles_k = [b["K_U"] for b in batches if b["kinds"] == "single"]
-        if singles_k:
-            md += [f"K_U of the single-record batches, in order: {', '.join(map(str, singles_k))}. Each plan starts "
-                   "from the distance bound z that the earlier phases (training, deletions, their noisy steps) left "
-                   "in the accountant's history (trainer/accountant.h), not from a fresh model, so K_U grows from "
-                   "the first deletion's; the per-batch table is below.", ""]
-        md += [
-            "## Surviving depth per shard over time",
-            "",
-            "![depth](depth.png)",
-            "",
-            "## Deletion latency",
-            "",
-            "Receipt timestamps: `submitted_at` → `applied_at` (models forgot) and → `completed_at` (bytes erased, "
-            "checkpoints purged); client: POST sent → completed receipt seen (polling every 20 ms). Every request goes "
-            "to both models, so a route is the pair (S3T route + noisy-GD route) its batch took.",
-            "",
-            "| group | n | applied p50 ms | completed p50 ms | p90 | p99 | max | client p50 ms | client p99 |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for key, l in lat.items():
-            md.append(f"| {key} | {l['n']} | {l['applied_p50_ms']:.0f} | {l['completed_p50_ms']:.0f} | {l['completed_p90_ms']:.0f} | "
-                      f"{l['completed_p99_ms']:.0f} | {l['completed_max_ms']:.0f} | {l['client_p50_ms']:.0f} | {l['client_p99_ms']:.0f} |")
-        md += [
-            "",
-            "## Noisy-GD certificate per deletion batch",
-            "",
-            "Requests planned together share one batch; ε and δ are the batch's certificate (Rényi DP converted at δ), "
-            "K_U the noisy steps it needed on the remaining records.",
-            "",
-            "| model version | requests | kinds | records deleted | route | K_U | steps run | ε | δ | certified | noisy-GD s | S3T shards touched / killed |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for b in batches:
-            eps = "—" if b["epsilon"] is None else f"{b['epsilon']:.4f}"
-            if b["noisy_route"] == "full_retrain":
-                eps += " (retrained from scratch)"
-            delta = "—" if b["delta"] is None else f"{b['delta']:.3g}"
-            wall = "—" if b["noisy_wall_s"] is None else f"{b['noisy_wall_s']:.2f}"
-            md.append(f"| {b['model_version']} | {b['requests']} | {b['kinds']} | {b['records_deleted']} | {b['noisy_route']} | "
-                      f"{b['K_U']} | {b['steps_run']} | {eps} | {delta} | {b['certified']} | {wall} | {b['shards_touched']} / {b['shards_killed']} |")
-        e = run.erasure
-        md += [
-            "",
-            "## Proof of erasure",
-            "",
-            f"After every receipt completed and the service stopped (SIGTERM, exit 0), every file under "
-            f"{', '.join(f'`{s}`' for s in e['scanned'])} — {e['files']} files, {e['bytes'] / 1e6:.1f} MB — was scanned for "
-            f"the {e['rows_checked']} deleted records' whole feature rows (784 bytes each, read from the HDF5 dataset "
-            f"before the deletions): **{e['rows_found']} found**. Controls: the same scan found all {e['rows_checked']} "
-            f"rows in the training set before the deletions, and finds {e['refused_public_rows_found']} of the "
-            f"{e['refused_public_rows']} refused public rows, which stay, afterwards.",
-            "",
-            f"Ledger (`ledger.sqlite`, docs/LEDGER.md): requests by status {e['ledger_statuses']}; "
-            f"{e['ledger_clear_record_ids']} clear record ids, {e['ledger_clear_subjects_or_keys']} clear subjects or keys; "
-            f"{e['clear_tokens_found']} deleted ids or subjects found as text in any file of the job directory "
-            "(database, WAL, manifests, checkpoints).",
-            "",
-            "## Timings",
-            "",
-            "| part | seconds |",
-            "|---|---|",
-        ]
-        names = {"select_s": "read the data sets, pick the records, byte-scan control",
-                 "serve_start_s": "service start (mpiexec, both ranks load the job) until the port is printed",
-                 "deletions_and_measurements_s": "all deletions with their receipts and the accuracy measurements",
-                 "retrain_s": "lethe retrain (service stopped)", "erasure_scan_s": "erasure and ledger scans",
-                 "total_s": "this part in all (scripts/demo_drive.py)"}
-        for k, v in run.timings.items():
-            md.append(f"| {names.get(k, k)} | {v:.1f} |")
-        if args.started_at:
-            md.append(f"| whole demo up to this report (setup check, build, ingest, pretrain, train, eval, this part) | "
-                      f"{time.time() - args.started_at:.1f} |")
-        md.append("| accuracy measurements (each: both models on 10,000 images) | "
-                  + ", ".join(f"{p['seconds']:.1f}" for p in run.points) + " |")
-        (self.out / "REPORT.md").write_text("\n".join(md) + "\n")
-        log(f"report: {self.out / 'REPORT.md'}")
 
 
 def main():
@@ -719,11 +576,11 @@ def main():
     ap.add_argument("--lethe", required=True, help="the lethe binary")
     ap.add_argument("--mpiexec", required=True, help="MPI launcher and its options, e.g. 'mpiexec -np 2'")
     ap.add_argument("--job", required=True, help="trained job directory (S3T and noisy GD)")
-    ap.add_argument("--train", required=True, help="the job's training set (HDF5, with subjects)")
-    ap.add_argument("--test", required=True, help="the test set (HDF5)")
+    ap.add_argument("--train", required=True, help="the job's training set (a lethe dataset file, with subjects)")
+    ap.add_argument("--test", required=True, help="the test set (a lethe dataset file)")
     ap.add_argument("--backbone", required=True, help="the frozen backbone (scanned too)")
     ap.add_argument("--token", required=True, help="bearer token file, mode 0600")
-    ap.add_argument("--out", required=True, help="report directory")
+    ap.add_argument("--out", required=True, help="report directory (results.json, REPORT.md, the plots, service logs)")
     ap.add_argument("--singles", type=int, default=16)
     ap.add_argument("--measure-every", type=int, default=8, help="accuracy every this many single deletions")
     ap.add_argument("--batches", type=int, default=3)

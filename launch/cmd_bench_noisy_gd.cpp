@@ -19,6 +19,7 @@
 #include "comm/communicator.h"
 #include "launch/command_registry.h"
 #include "storage/dataset.h"
+#include "trainer/compute_threads.h"
 #include "trainer/frozen_backbone.h"
 #include "trainer/job.h"
 #include "trainer/model.h"
@@ -59,23 +60,28 @@ double median(std::vector<double> values) {
   return values.size() % 2 ? values[mid] : 0.5 * (values[mid - 1] + values[mid]);
 }
 
-// Rows of `data` at offset, offset + step, ...: rank r's share of the whole, as load_noisy_gd_share cuts it.
-LocalData every(const LocalData& data, std::int64_t offset, std::int64_t step) {
-  return {data.features.slice(0, offset, c10::nullopt, step).contiguous(),
-          data.labels.slice(0, offset, c10::nullopt, step).contiguous()};
-}
-
-// This rank's share without the `deleted` records spread evenly over the global order (global index
-// g = k * world + rank of local row k; every (n / deleted)-th from 0 is deleted).
-LocalData without(const LocalData& share, std::int64_t n, std::int64_t deleted, int rank, int world) {
-  const std::int64_t stride = n / deleted;
+// The records of `whole` (every block) in rank `rank`'s blocks of `world`, as load_noisy_gd_share cuts them.
+LocalData blocks_of(const trainer::NoisyGdShare& whole, int rank, int world) {
   std::vector<std::int64_t> keep;
-  for (std::int64_t k = 0; k < share.labels.size(0); ++k) {
-    const std::int64_t g = k * world + rank;
-    if (!(g % stride == 0 && g / stride < deleted)) keep.push_back(k);
+  for (std::size_t i = 0; i < whole.rows.size(); ++i) {
+    if ((whole.rows[i] / trainer::kNoisyGdBlockRows) % static_cast<std::uint64_t>(world) == static_cast<std::uint64_t>(rank))
+      keep.push_back(static_cast<std::int64_t>(i));
   }
   const auto index = torch::tensor(keep, torch::kInt64);
-  return {share.features.index_select(0, index).contiguous(), share.labels.index_select(0, index).contiguous()};
+  return {whole.data.features.index_select(0, index).contiguous(), whole.data.labels.index_select(0, index).contiguous()};
+}
+
+// The ids of `deleted` records spread evenly over the live training records in row order (every
+// (n / deleted)-th from the first): the same on every rank.
+std::vector<std::string> spread_ids(const storage::Dataset& dataset, std::int64_t deleted) {
+  storage::RecordFilter filter;
+  filter.public_records = storage::PublicRecords::exclude;
+  const auto live = dataset.select(filter);
+  const auto stride = static_cast<std::size_t>(static_cast<std::int64_t>(live.size()) / deleted);
+  std::vector<std::string> ids;
+  for (std::size_t k = 0; k < live.size() && static_cast<std::int64_t>(ids.size()) < deleted; k += stride)
+    ids.emplace_back(dataset.id(live[k]));
+  return ids;
 }
 
 // The 1-minute load average (Linux), to read timings of a shared machine by; -1 where unknown.
@@ -114,22 +120,34 @@ void run(const BenchNoisyGdArgs& args) {
   const auto manifest = trainer::open_trained_job(job, *comm);
   const NoisyGdModel committed = trainer::load_noisy_gd_model(manifest, *comm);
   const trainer::NoisyGdConfig config = committed.config();
-  const auto batch_size = manifest.config.training.cache_batch_size;
+  trainer::set_compute_threads(manifest.config.threads);
   trainer::FrozenBackbone backbone(manifest.model, manifest.backbone_path(), manifest.config.device);
   const auto dataset = storage::Dataset::open(manifest.dataset.path);
 
-  // Rank 0 holds every record for the one-rank runs; its share of the world is every world-th row.
+  // Rank 0 holds every record for the one-rank runs; its share of the world is its blocks of them.
   auto solo = comm->split(rank == 0 ? 0 : -1, 0);
   trainer::NoisyGdShare whole;
+  trainer::NoisyGdShare mine;
   LocalData share;
   const double feature_seconds = timed(*comm, [&] {
     if (rank == 0) {
-      whole = trainer::load_noisy_gd_share(dataset, backbone, batch_size, {}, *solo);
-      share = every(whole.data, 0, world);
+      whole = trainer::load_noisy_gd_share(dataset, backbone, {}, *solo);
+      share = blocks_of(whole, 0, world);
     } else {
-      share = trainer::load_noisy_gd_share(dataset, backbone, batch_size, {}, *comm).data;
+      mine = trainer::load_noisy_gd_share(dataset, backbone, {}, *comm);
+      share = mine.data;
     }
   });
+  if (rank == 0) {
+    // Rank 0's own share, with ids and rows, for the deletions below.
+    mine.data = share;
+    for (std::size_t i = 0; i < whole.rows.size(); ++i) {
+      if ((whole.rows[i] / trainer::kNoisyGdBlockRows) % static_cast<std::uint64_t>(world) == 0) {
+        mine.ids.push_back(whole.ids[i]);
+        mine.rows.push_back(whole.rows[i]);
+      }
+    }
+  }
   std::int64_t n = share.labels.size(0);
   comm->allreduce({&n, 1, comm::DataType::kInt64}, comm::ReduceOp::kSum);
   if (n < 2) throw std::invalid_argument(job.string() + ": the noisy-GD training set has " + std::to_string(n) + " records");
@@ -166,7 +184,7 @@ void run(const BenchNoisyGdArgs& args) {
 
   json deletions = json::array();
   for (const auto d : args.deletions) {
-    const LocalData remaining = without(share, n, d, rank, world);
+    const LocalData remaining = trainer::without(mine, spread_ids(dataset, d)).data;
     NoisyGdModel model = trainer::load_noisy_gd_model(manifest, *comm);
     if (!same_data) model = *trained;  // the data changed since training: start from this run's model
     trainer::DeletionReceipt receipt;

@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config ninja-build
   libtorch-dev
+  libopenblas0-pthread
   libopenmpi-dev openmpi-bin
   libhdf5-dev
   libboost-dev
@@ -18,7 +19,7 @@ packages=(
   libbenchmark-dev
   libssl-dev zlib1g-dev
   dataset-fashion-mnist
-  python3 python3-numpy python3-h5py python3-matplotlib
+  python3 python3-numpy python3-h5py python3-matplotlib python3-torch
 )
 
 missing=()

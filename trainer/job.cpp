@@ -10,6 +10,7 @@
 #include "storage/dataset.h"
 #include "storage/durable_file.h"
 #include "storage/hashing.h"
+#include "trainer/compute_threads.h"
 #include "trainer/ensemble.h"
 #include "trainer/error.h"
 #include "trainer/frozen_backbone.h"
@@ -226,6 +227,7 @@ JobManifest open_trained_job(const fs::path& job_dir, comm::Communicator& comm) 
 }
 
 LoadedRoutes load_job_routes(const JobManifest& manifest, comm::Communicator& comm, bool for_deletion) {
+  set_compute_threads(manifest.config.threads);
   LoadedRoutes loaded;
   std::optional<storage::Dataset> dataset;
   comm::on_every_rank(comm, "loading the job's backbone and dataset", [&] {

@@ -9,6 +9,7 @@
 
 #include "comm/agree.h"
 #include "storage/dataset.h"
+#include "trainer/compute_threads.h"
 #include "trainer/error.h"
 #include "trainer/frozen_backbone.h"
 #include "trainer/job.h"
@@ -85,14 +86,14 @@ at::Tensor noisy_gd_features(LetheModel& backbone, const at::Tensor& inputs, std
   std::vector<torch::Tensor> parts;
   for (std::int64_t start = 0; start < inputs.size(0); start += batch_size) {
     const auto batch = inputs.slice(0, start, std::min(inputs.size(0), start + batch_size)).to(device);
-    parts.push_back(backbone.features(batch).to(torch::kCPU));
+    parts.push_back((backbone.features(batch) - backbone.feature_mean()).to(torch::kCPU));
   }
   backbone.set_active_depth(depth);
   const auto raw = parts.empty() ? torch::zeros({0, feature_dim(backbone.config())}) : torch::cat(parts, 0);
   return normalize_features(raw);
 }
 
-NoisyGdShare load_noisy_gd_share(const storage::Dataset& dataset, FrozenBackbone& backbone, std::int64_t batch_size,
+NoisyGdShare load_noisy_gd_share(const storage::Dataset& dataset, FrozenBackbone& backbone,
                                  std::span<const std::uint64_t> exclude, comm::Communicator& comm) {
   storage::RecordFilter filter;
   filter.public_records = storage::PublicRecords::exclude;  // public records pretrained the backbone
@@ -102,14 +103,30 @@ NoisyGdShare load_noisy_gd_share(const storage::Dataset& dataset, FrozenBackbone
     if (excluded.count(row) == 0) live.push_back(row);
   }
   std::vector<std::uint64_t> rows;
-  for (std::size_t i = static_cast<std::size_t>(comm.rank()); i < live.size(); i += static_cast<std::size_t>(comm.size()))
-    rows.push_back(live[i]);
+  std::vector<std::int64_t> block_ends;  // in `rows`: where each of this rank's blocks ends
+  for (const auto row : live) {
+    const auto block = row / kNoisyGdBlockRows;
+    if (block % static_cast<std::uint64_t>(comm.size()) != static_cast<std::uint64_t>(comm.rank())) continue;
+    if (!rows.empty() && rows.back() / kNoisyGdBlockRows != block) block_ends.push_back(static_cast<std::int64_t>(rows.size()));
+    rows.push_back(row);
+  }
+  if (!rows.empty()) block_ends.push_back(static_cast<std::int64_t>(rows.size()));
   const auto records = read_records(dataset, rows, backbone.config());
   NoisyGdShare share;
-  backbone.use([&](LetheModel& model) { share.data.features = noisy_gd_features(model, records.inputs, batch_size); });
+  std::vector<at::Tensor> features;
+  backbone.use([&](LetheModel& model) {
+    std::int64_t begin = 0;
+    for (const auto end : block_ends) {  // one batch per block, whatever the rank
+      features.push_back(noisy_gd_features(model, records.inputs.slice(0, begin, end), end - begin));
+      begin = end;
+    }
+  });
+  share.data.features = features.empty() ? torch::zeros({0, feature_dim(backbone.config()) + 1}, torch::kFloat64)
+                                         : torch::cat(features, 0);
   share.data.labels = records.labels;
   share.ids.reserve(rows.size());
   for (const auto row : rows) share.ids.emplace_back(dataset.id(row));
+  share.rows = std::move(rows);
   return share;
 }
 
@@ -121,6 +138,7 @@ NoisyGdShare without(const NoisyGdShare& share, const std::vector<std::string>& 
     if (gone.count(share.ids[i]) == 0) {
       keep.push_back(static_cast<std::int64_t>(i));
       out.ids.push_back(share.ids[i]);
+      out.rows.push_back(share.rows[i]);
     }
   }
   const auto index = torch::tensor(keep, torch::kInt64);
@@ -186,7 +204,7 @@ json to_json(const NoisyGdRunReport& r) {
 NoisyGdRunReport run_noisy_gd_job(const JobSettings& settings, comm::Communicator& comm, bool resume) {
   const auto start = std::chrono::steady_clock::now();
   const auto dataset = open_job_dataset(settings);
-  torch::set_num_threads(settings.threads);
+  set_compute_threads(settings.threads);
   const ModelConfig model_config = job_model_config(settings, dataset);
   const NoisyGdConfig config = noisy_gd_config(settings, model_config);
   // Check the settings and the backbone before anything is written.
@@ -238,7 +256,7 @@ NoisyGdRunReport run_noisy_gd_job(const JobSettings& settings, comm::Communicato
   NoisyGdShare share;
   comm::on_every_rank(comm, "reading the noisy-GD records", [&] {
     const auto t0 = std::chrono::steady_clock::now();
-    share = load_noisy_gd_share(dataset, backbone, settings.training.cache_batch_size, {}, comm);
+    share = load_noisy_gd_share(dataset, backbone, {}, comm);
     report.feature_seconds = seconds_since(t0);
   });
   report.local_records = share.data.labels.size(0);

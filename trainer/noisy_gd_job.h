@@ -54,19 +54,26 @@ struct NoisyGdSection {
 [[nodiscard]] NoisyGdConfig noisy_gd_config(const JobSettings& settings, const ModelConfig& model);
 
 // What the model sees: `inputs` ([N, C, H, W]) through the frozen backbone with every adapter
-// inactive, in batches, then normalize_features(): (N, feature_dim + 1) float64 on the CPU.
+// inactive, in batches, centred by the backbone's feature mean (computed on public records), then
+// normalize_features(): (N, feature_dim + 1) float64 on the CPU.
 [[nodiscard]] at::Tensor noisy_gd_features(LetheModel& backbone, const at::Tensor& inputs, std::int64_t batch_size);
 
+// Records are grouped in blocks of this many dataset rows. Rank r of N holds the blocks b with
+// b mod N == r and computes each block's features in one batch: a row's features, and so the
+// model, are then the same bits for any number of ranks (an optimized BLAS rounds a row
+// differently in batches of different sizes).
+inline constexpr std::uint64_t kNoisyGdBlockRows = 256;
+
 // This rank's share of the records the model trains on: the dataset's live non-public rows minus
-// `exclude` (rows a committed batch deleted, not yet erased), every world-th one starting at rank;
-// normalized backbone features, labels, and the record ids aligned with rows. Collective-free.
+// `exclude` (rows a committed batch deleted, not yet erased), in this rank's blocks; normalized
+// backbone features, labels, and the record ids and rows aligned with them. Collective-free.
 struct NoisyGdShare {
   LocalData data;
   std::vector<std::string> ids;
+  std::vector<std::uint64_t> rows;
 };
 [[nodiscard]] NoisyGdShare load_noisy_gd_share(const storage::Dataset& dataset, FrozenBackbone& backbone,
-                                               std::int64_t batch_size, std::span<const std::uint64_t> exclude,
-                                               comm::Communicator& comm);
+                                               std::span<const std::uint64_t> exclude, comm::Communicator& comm);
 // The share without the records whose id is in `deleted` (sorted).
 [[nodiscard]] NoisyGdShare without(const NoisyGdShare& share, const std::vector<std::string>& deleted);
 

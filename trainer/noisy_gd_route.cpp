@@ -130,7 +130,7 @@ std::unique_ptr<ModelRoute> load(const RouteContext& context) {
       // Rows a committed batch deleted are left out even while their bytes still await erasure.
       std::vector<std::uint64_t> pending;
       if (manifest.last_batch) pending = manifest.last_batch->erase_rows;
-      state->share = load_noisy_gd_share(context.dataset, *context.backbone, state->feature_batch, pending, context.comm);
+      state->share = load_noisy_gd_share(context.dataset, *context.backbone, pending, context.comm);
     }
   });
   return std::make_unique<NoisyGdRoute>(state);

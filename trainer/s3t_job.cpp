@@ -12,6 +12,7 @@
 #include "storage/hashing.h"
 #include "storage/progress.h"
 #include "trainer/activation_cache.h"
+#include "trainer/compute_threads.h"
 #include "trainer/error.h"
 #include "trainer/job.h"
 #include "trainer/pretrain.h"
@@ -146,7 +147,7 @@ S3TRunReport run_s3t_job(const JobSettings& settings, comm::Communicator& comm, 
   const auto start = std::chrono::steady_clock::now();
   const auto& s3t = settings.s3t;
   const auto dataset = open_job_dataset(settings);
-  torch::set_num_threads(settings.threads);
+  set_compute_threads(settings.threads);
   const torch::Device device(settings.device == "cuda" ? torch::kCUDA : torch::kCPU);
   const ModelConfig model_config = job_model_config(settings, dataset);
   const auto shard_records = assign_records(dataset, settings);

@@ -43,7 +43,7 @@ NoisyGdShare share_of(const fs::path& job, lethe::comm::Communicator& comm) {
   const auto manifest = lethe::trainer::read_job_manifest(job);
   lethe::trainer::FrozenBackbone backbone(manifest.model, manifest.backbone_path(), "cpu");
   const auto dataset = lethe::storage::Dataset::open(manifest.dataset.path);
-  return lethe::trainer::load_noisy_gd_share(dataset, backbone, 1024, {}, comm);
+  return lethe::trainer::load_noisy_gd_share(dataset, backbone, {}, comm);
 }
 
 class NoisyGdJob : public lethe::test::CliJobTest {
@@ -201,18 +201,23 @@ TEST_F(NoisyGdJob, SharesPartitionTheLiveNonPublicRecordsAndTheApiRoundTrips) {
     }
   }
   EXPECT_EQ(all, expected) << "the shares' union is every live non-public record";
-  EXPECT_EQ(shares[0].ids.size(), (expected.size() + 1) / 2) << "every other record, from the first";
-  EXPECT_EQ(shares[1].ids.size(), expected.size() / 2);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_FALSE(shares[static_cast<std::size_t>(r)].rows.empty()) << "360 rows make two blocks, one per rank";
+    for (const auto row : shares[static_cast<std::size_t>(r)].rows)
+      EXPECT_EQ(static_cast<int>((row / lethe::trainer::kNoisyGdBlockRows) % 2), r) << "row " << row << " is in the other rank's block";
+  }
 
-  // One rank alone holds every record, with the same features as the two shares.
+  // One rank alone holds every record, with the same features, bit for bit, as the two shares.
   auto world = lethe::comm::make_in_process_world(1);
   const auto whole = share_of(job, *world.front());
   ASSERT_EQ(whole.ids.size(), expected.size());
-  for (std::size_t i = 0; i < whole.ids.size(); ++i) {
-    const auto& share = shares[i % 2];
-    EXPECT_EQ(whole.ids[i], share.ids[i / 2]);
+  std::map<std::string, at::Tensor> shared_feature;
+  for (const auto& share : shares) {
+    for (std::size_t i = 0; i < share.ids.size(); ++i) shared_feature[share.ids[i]] = share.data.features[static_cast<std::int64_t>(i)];
   }
-  EXPECT_TRUE(torch::equal(whole.data.features.slice(0, 1, c10::nullopt, 2), shares[1].data.features));
+  for (std::size_t i = 0; i < whole.ids.size(); ++i) {
+    EXPECT_TRUE(torch::equal(whole.data.features[static_cast<std::int64_t>(i)], shared_feature.at(whole.ids[i]))) << whole.ids[i];
+  }
 
   // The manifest's version loads; a commit adds a version and returns the section naming it.
   auto manifest = lethe::trainer::read_job_manifest(job);

@@ -11,6 +11,7 @@
 #include "launch/command_registry.h"
 #include "launch/job_config.h"
 #include "storage/dataset.h"
+#include "trainer/compute_threads.h"
 #include "trainer/ensemble.h"
 #include "trainer/job.h"
 #include "trainer/pretrain.h"
@@ -29,7 +30,7 @@ struct PretrainArgs {
 void run(const PretrainArgs& args) {
   const auto config = load_job_config(args.config);
   trainer::check_device(config.device, config.source);
-  torch::set_num_threads(config.threads);
+  trainer::set_compute_threads(config.threads);
   const torch::Device device(config.device == "cuda" ? torch::kCUDA : torch::kCPU);
   if (!std::filesystem::exists(config.dataset)) {
     throw ConfigError(config.source.string() + ": dataset: " + config.dataset.string() +
@@ -41,24 +42,27 @@ void run(const PretrainArgs& args) {
   trainer::LetheModel model(model_config, trainer::mix_seed(config.seed, 20));
   const std::filesystem::path out = args.out.empty() ? config.backbone : std::filesystem::path(args.out);
   nlohmann::json report = {{"backbone", out.string()}, {"model", trainer::to_json(model_config)}};
+  storage::RecordFilter filter;
+  filter.public_records = storage::PublicRecords::only;
+  const auto rows = dataset.select(filter);
   if (!args.import_file.empty()) {
     trainer::load_backbone(model, args.import_file);  // validates every shape against the config
     report["imported_from"] = args.import_file;
-  } else {
-    storage::RecordFilter filter;
-    filter.public_records = storage::PublicRecords::only;
-    const auto rows = dataset.select(filter);
-    if (rows.empty()) {
-      throw ConfigError(config.dataset.string() + " has no public records to pretrain on; ingest with --public-fraction, "
-                        "or bring a backbone with `lethe pretrain --import FILE`");
-    }
+  } else if (rows.empty()) {
+    throw ConfigError(config.dataset.string() + " has no public records to pretrain on; ingest with --public-fraction, "
+                      "or bring a backbone with `lethe pretrain --import FILE`");
+  }
+  model.to(device);
+  if (!rows.empty()) {
     const auto data = trainer::read_records(dataset, rows, model_config);
-    model.to(device);
-    const auto result = trainer::pretrain_backbone(
-        model, data, config.pretrain.optimizer, config.seed);
-    report["records"] = result.records;
-    report["final_loss"] = result.final_loss;
-    report["seconds"] = result.seconds;
+    if (args.import_file.empty()) {
+      const auto result = trainer::pretrain_backbone(model, data, config.pretrain.optimizer, config.seed);
+      report["records"] = result.records;
+      report["final_loss"] = result.final_loss;
+      report["seconds"] = result.seconds;
+    }
+    // Centres the noisy-GD model's features; the public records are all it may look at.
+    trainer::set_feature_mean(model, data.inputs, config.training.cache_batch_size);
   }
   trainer::save_backbone(model, out, {{"source", args.import_file.empty() ? "pretrain" : args.import_file},
                                       {"dataset", config.dataset.string()},

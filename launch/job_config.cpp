@@ -192,13 +192,14 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
   s3t.reject_unknown_keys();
 
   auto model = top.child("model");
-  if (model.read("architecture", text, "mlp or cnn")) {
+  if (model.read("architecture", text, "mlp, cnn or convnet")) {
     try {
       c.model.architecture = trainer::parse_architecture(text);
     } catch (const std::invalid_argument&) {
-      model.fail(model.key("architecture"), "'" + text + "' is not a backbone; use mlp or cnn");
+      model.fail(model.key("architecture"), "'" + text + "' is not a backbone; use mlp, cnn or convnet");
     }
   }
+  model.read_list("conv_widths", c.model.conv_widths, "positive integers");
   model.read_list("widths", c.model.widths, "positive integers");
   model.read("lora_rank", c.model.lora_rank, "an integer");
   model.read("lora_alpha", c.model.lora_alpha, "a number");
@@ -230,10 +231,10 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
       s3t.fail(s3t.key("deletion_probabilities"), e.what());
     }
   }
-  if (c.s3t.enabled && static_cast<int>(c.model.widths.size()) < c.s3t.slices) {
-    model.fail(model.key("widths"), "has " + std::to_string(c.model.widths.size()) + " blocks but s3t.slices = " +
+  if (c.s3t.enabled && trainer::num_blocks(c.model) < c.s3t.slices) {
+    model.fail(model.key("widths"), "has " + std::to_string(trainer::num_blocks(c.model)) + " blocks but s3t.slices = " +
                                         std::to_string(c.s3t.slices) + " needs one adapter site per slice; list at least " +
-                                        std::to_string(c.s3t.slices) + " widths");
+                                        std::to_string(c.s3t.slices) + " blocks");
   }
   try {
     trainer::validate(c.model);

@@ -18,8 +18,9 @@ constexpr std::int64_t kKernel = 3;
 
 }  // namespace
 
-LoraLayer::LoraLayer(Kind kind, torch::Tensor weight, torch::Tensor bias, std::int64_t rank, double alpha)
-    : kind_(kind), scale_(alpha / static_cast<double>(rank)) {
+LoraLayer::LoraLayer(Kind kind, torch::Tensor weight, torch::Tensor bias, std::int64_t rank, double alpha,
+                     std::int64_t stride)
+    : kind_(kind), stride_(stride), scale_(alpha / static_cast<double>(rank)) {
   weight_ = register_parameter("weight", std::move(weight));
   bias_ = register_parameter("bias", std::move(bias));
   const auto out = weight_.size(0);
@@ -43,24 +44,24 @@ std::shared_ptr<LoraLayer> LoraLayer::linear(std::int64_t in, std::int64_t out, 
 }
 
 std::shared_ptr<LoraLayer> LoraLayer::conv(std::int64_t in, std::int64_t out, std::int64_t rank, double alpha,
-                                           std::uint64_t base_seed) {
+                                           std::uint64_t base_seed, std::int64_t stride) {
   auto generator = make_cpu_generator(base_seed);
   const double bound = 1.0 / std::sqrt(static_cast<double>(in * kKernel * kKernel));
   auto weight = uniform({out, in, kKernel, kKernel}, bound, generator);
   auto bias = uniform({out}, bound, generator);
-  return std::shared_ptr<LoraLayer>(new LoraLayer(Kind::kConv, weight, bias, rank, alpha));
+  return std::shared_ptr<LoraLayer>(new LoraLayer(Kind::kConv, weight, bias, rank, alpha, stride));
 }
 
 torch::Tensor LoraLayer::base_forward(const torch::Tensor& x) const {
   if (kind_ == Kind::kLinear) return torch::linear(x, weight_, bias_);
-  return torch::conv2d(x, weight_, bias_, /*stride=*/2, /*padding=*/1);
+  return torch::conv2d(x, weight_, bias_, stride_, /*padding=*/1);
 }
 
 torch::Tensor LoraLayer::forward(const torch::Tensor& x) {
   auto y = base_forward(x);
   if (!active_) return y;
   if (kind_ == Kind::kLinear) return y + torch::linear(torch::linear(x, lora_a_), lora_b_) * scale_;
-  return y + torch::conv2d(torch::conv2d(x, lora_a_, {}, /*stride=*/2, /*padding=*/1), lora_b_) * scale_;
+  return y + torch::conv2d(torch::conv2d(x, lora_a_, {}, stride_, /*padding=*/1), lora_b_) * scale_;
 }
 
 void LoraLayer::reset_adapter(std::uint64_t seed) {

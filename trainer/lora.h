@@ -20,9 +20,9 @@ class LoraLayer : public torch::nn::Module {
   // Linear in -> out; `base_seed` initializes W and b like PyTorch's default (uniform ±1/sqrt(fan_in)).
   static std::shared_ptr<LoraLayer> linear(std::int64_t in, std::int64_t out, std::int64_t rank, double alpha,
                                            std::uint64_t base_seed);
-  // Conv 3x3, stride 2, padding 1, in -> out channels; A is a 3x3 conv to `rank` channels, B a 1x1 conv.
+  // Conv 3x3, padding 1, `stride`, in -> out channels; A is a 3x3 conv to `rank` channels, B a 1x1 conv.
   static std::shared_ptr<LoraLayer> conv(std::int64_t in, std::int64_t out, std::int64_t rank, double alpha,
-                                         std::uint64_t base_seed);
+                                         std::uint64_t base_seed, std::int64_t stride = 2);
 
   [[nodiscard]] torch::Tensor forward(const torch::Tensor& x);
   // The frozen layer alone, whatever the adapter's state.
@@ -41,9 +41,10 @@ class LoraLayer : public torch::nn::Module {
   torch::Tensor& lora_b() { return lora_b_; }
 
  private:
-  LoraLayer(Kind kind, torch::Tensor weight, torch::Tensor bias, std::int64_t rank, double alpha);
+  LoraLayer(Kind kind, torch::Tensor weight, torch::Tensor bias, std::int64_t rank, double alpha, std::int64_t stride = 1);
 
   Kind kind_;
+  std::int64_t stride_ = 1;  // convolutions
   double scale_;
   bool active_ = false;
   torch::Tensor weight_, bias_, lora_a_, lora_b_;

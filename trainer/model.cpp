@@ -18,10 +18,21 @@ std::uint64_t derive_seed(std::uint64_t seed, std::uint64_t salt) {
   return z ^ (z >> 31);
 }
 
+// The first dense block (flattened input): 0 for an MLP, after the convolutions of a convnet; a
+// cnn has none (its blocks are all convolutions).
+int first_dense_block(const ModelConfig& config) {
+  switch (config.architecture) {
+    case Architecture::kMlp: return 0;
+    case Architecture::kCnn: return num_blocks(config);
+    case Architecture::kConvnet: return static_cast<int>(config.conv_widths.size());
+  }
+  return 0;
+}
+
 }  // namespace
 
 std::int64_t feature_dim(const ModelConfig& config) {
-  if (config.architecture == Architecture::kMlp) return config.widths.back();
+  if (config.architecture != Architecture::kCnn) return config.widths.back();
   std::int64_t h = config.input_height, w = config.input_width;
   for (std::size_t i = 0; i < config.widths.size(); ++i) {
     h = conv_out(h);
@@ -32,17 +43,27 @@ std::int64_t feature_dim(const ModelConfig& config) {
 
 LetheModel::LetheModel(ModelConfig config, std::uint64_t init_seed) : config_(std::move(config)) {
   validate(config_);
-  std::int64_t in = config_.architecture == Architecture::kMlp
-                        ? config_.input_channels * config_.input_height * config_.input_width
-                        : config_.input_channels;
-  for (std::size_t b = 0; b < config_.widths.size(); ++b) {
-    const auto out = config_.widths[b];
+  first_dense_ = first_dense_block(config_);
+  const bool convnet = config_.architecture == Architecture::kConvnet;
+  std::int64_t channels = config_.input_channels, h = config_.input_height, w = config_.input_width;
+  std::vector<std::int64_t> widths = config_.conv_widths;
+  widths.insert(widths.end(), config_.widths.begin(), config_.widths.end());
+  std::int64_t in = first_dense_ == 0 ? channels * h * w : channels;
+  for (std::size_t b = 0; b < widths.size(); ++b) {
+    const auto out = widths[b];
     const auto seed = derive_seed(init_seed, b);
-    auto layer = config_.architecture == Architecture::kMlp
-                     ? LoraLayer::linear(in, out, config_.lora_rank, config_.lora_alpha, seed)
-                     : LoraLayer::conv(in, out, config_.lora_rank, config_.lora_alpha, seed);
+    std::shared_ptr<LoraLayer> layer;
+    if (static_cast<int>(b) >= first_dense_) {
+      layer = LoraLayer::linear(in, out, config_.lora_rank, config_.lora_alpha, seed);
+      in = out;
+    } else {
+      layer = LoraLayer::conv(in, out, config_.lora_rank, config_.lora_alpha, seed, convnet ? 1 : 2);
+      h = convnet ? h / 2 : conv_out(h);  // a convnet block pools 2x2; a cnn block strides 2
+      w = convnet ? w / 2 : conv_out(w);
+      // The next block is dense: it takes the flattened channels x height x width.
+      in = static_cast<int>(b) + 1 == first_dense_ ? out * h * w : out;
+    }
     blocks_.push_back(register_module("blocks_" + std::to_string(b), layer));
-    in = out;
   }
   const auto features = feature_dim(config_);
   auto generator = make_cpu_generator(derive_seed(init_seed, 1000));
@@ -52,7 +73,17 @@ LetheModel::LetheModel(ModelConfig config, std::uint64_t init_seed) : config_(st
   head_bias_ = register_parameter("head_bias",
                                   torch::rand({config_.num_classes}, generator, torch::kFloat32) * (2 * bound) - bound);
   for (int s = 1; s <= config_.sites; ++s) site(s).reset_adapter(derive_seed(init_seed, 2000 + s));
+  feature_mean_ = register_buffer("feature_mean", torch::zeros({features}));
   set_active_depth(0);
+}
+
+void LetheModel::set_feature_mean(const torch::Tensor& mean) {
+  if (mean.dim() != 1 || mean.size(0) != feature_mean_.size(0)) {
+    throw std::invalid_argument("feature mean of shape " + c10::str(mean.sizes()) + " for a model with " +
+                                std::to_string(feature_mean_.size(0)) + " features");
+  }
+  torch::NoGradGuard no_grad;
+  feature_mean_.copy_(mean.to(feature_mean_.device()).to(torch::kFloat32));
 }
 
 int LetheModel::block_of_site(int site) const {
@@ -64,9 +95,11 @@ int LetheModel::block_of_site(int site) const {
 }
 
 torch::Tensor LetheModel::run_blocks(torch::Tensor x, int first, int end) {
+  const bool pools = config_.architecture == Architecture::kConvnet;
   for (int b = first; b < end; ++b) {
-    if (b == 0 && config_.architecture == Architecture::kMlp) x = x.flatten(1);
+    if (b == first_dense_) x = x.flatten(1);
     x = torch::relu(blocks_[static_cast<std::size_t>(b)]->forward(x));
+    if (pools && b < first_dense_) x = torch::max_pool2d(x, 2);
   }
   return x;
 }
@@ -90,7 +123,7 @@ std::vector<torch::Tensor> LetheModel::site_inputs(const torch::Tensor& x) {
     const int b = block_of_site(s);
     h = run_blocks(h, done, b);
     done = b;
-    inputs[static_cast<std::size_t>(s - 1)] = (b == 0 && config_.architecture == Architecture::kMlp) ? h.flatten(1) : h;
+    inputs[static_cast<std::size_t>(s - 1)] = b == first_dense_ ? h.flatten(1) : h;
   }
   return inputs;
 }
@@ -136,6 +169,7 @@ NamedTensors LetheModel::backbone_and_head_tensors() {
   }
   tensors.emplace_back("head.weight", head_weight_);
   tensors.emplace_back("head.bias", head_bias_);
+  tensors.emplace_back("features.mean", feature_mean_);
   return tensors;
 }
 

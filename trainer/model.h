@@ -1,5 +1,6 @@
-// trainer/model.h — the backbone family (MLP or small CNN, one LoRA-capable layer + ReLU per block)
-// with L adapter sites on the top L blocks and a linear classification head. Site 1 is the top.
+// trainer/model.h — the backbone family (MLP, strided CNN, or convnet: conv + pooling blocks under
+// dense blocks; one LoRA-capable layer + ReLU per block) with L adapter sites on the top L blocks
+// and a linear classification head. Site 1 is the top.
 #pragma once
 
 #include <torch/torch.h>
@@ -54,6 +55,12 @@ class LetheModel : public torch::nn::Module {
   [[nodiscard]] std::vector<torch::Tensor> select_trainable_backbone();
   void freeze_all();
 
+  // The mean of features() over the public records (what pretraining saw), subtracted before the
+  // noisy-GD model normalizes features: centred features spread over the unit sphere instead of
+  // crowding one orthant after the ReLU. Zeros until set.
+  [[nodiscard]] const torch::Tensor& feature_mean() const { return feature_mean_; }
+  void set_feature_mean(const torch::Tensor& mean);
+
   // Frozen weights: "blocks.<b>.weight", "blocks.<b>.bias", "head.weight", "head.bias".
   [[nodiscard]] NamedTensors backbone_and_head_tensors();
   // Copies backbone and head from `other` (same config); adapters are left as they are.
@@ -61,8 +68,10 @@ class LetheModel : public torch::nn::Module {
 
  private:
   ModelConfig config_;
+  int first_dense_ = 0;  // index of the first dense block (its input is flattened); num_blocks() for a cnn
   std::vector<std::shared_ptr<LoraLayer>> blocks_;
   torch::Tensor head_weight_, head_bias_;
+  torch::Tensor feature_mean_;
   int active_depth_ = 0;
 };
 

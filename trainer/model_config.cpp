@@ -5,27 +5,49 @@
 namespace lethe::trainer {
 
 std::string to_string(Architecture architecture) {
-  return architecture == Architecture::kMlp ? "mlp" : "cnn";
+  switch (architecture) {
+    case Architecture::kMlp: return "mlp";
+    case Architecture::kCnn: return "cnn";
+    case Architecture::kConvnet: return "convnet";
+  }
+  return "unknown";
 }
 
 Architecture parse_architecture(const std::string& name) {
   if (name == "mlp") return Architecture::kMlp;
   if (name == "cnn") return Architecture::kCnn;
-  throw std::invalid_argument("model.architecture: '" + name + "' is not a backbone; use 'mlp' or 'cnn'");
+  if (name == "convnet") return Architecture::kConvnet;
+  throw std::invalid_argument("model.architecture: '" + name + "' is not a backbone; use 'mlp', 'cnn' or 'convnet'");
 }
+
+int num_blocks(const ModelConfig& config) { return static_cast<int>(config.conv_widths.size() + config.widths.size()); }
+
+namespace {
+
+void check_widths(const std::vector<std::int64_t>& widths, const std::string& key) {
+  for (std::size_t i = 0; i < widths.size(); ++i) {
+    if (widths[i] <= 0) {
+      throw std::invalid_argument(key + "[" + std::to_string(i) + "]: must be positive, got " + std::to_string(widths[i]));
+    }
+  }
+}
+
+}  // namespace
 
 void validate(const ModelConfig& config) {
   if (config.widths.empty()) throw std::invalid_argument("model.widths: must list at least one block width");
-  for (std::size_t i = 0; i < config.widths.size(); ++i) {
-    if (config.widths[i] <= 0) {
-      throw std::invalid_argument("model.widths[" + std::to_string(i) + "]: must be positive, got " +
-                                  std::to_string(config.widths[i]));
-    }
-  }
-  if (config.sites < 1 || static_cast<std::size_t>(config.sites) > config.widths.size()) {
-    throw std::invalid_argument("model.sites: " + std::to_string(config.sites) +
-                                " adapter sites need between 1 and " + std::to_string(config.widths.size()) +
-                                " blocks (one per entry of model.widths); add widths or lower the slice count");
+  check_widths(config.widths, "model.widths");
+  check_widths(config.conv_widths, "model.conv_widths");
+  if (config.architecture == Architecture::kConvnet && config.conv_widths.empty())
+    throw std::invalid_argument("model.conv_widths: a convnet needs at least one convolution block (e.g. [32, 64])");
+  if (config.architecture != Architecture::kConvnet && !config.conv_widths.empty())
+    throw std::invalid_argument("model.conv_widths: only architecture convnet has convolution blocks below widths");
+  const int blocks = num_blocks(config);
+  if (config.sites < 1 || config.sites > blocks) {
+    throw std::invalid_argument("model.sites: " + std::to_string(config.sites) + " adapter sites need between 1 and " +
+                                std::to_string(blocks) +
+                                " blocks (one per entry of model.widths and model.conv_widths); add widths or lower the "
+                                "slice count");
   }
   if (config.lora_rank < 1) throw std::invalid_argument("model.lora_rank: must be at least 1");
   if (!(config.lora_alpha > 0)) throw std::invalid_argument("model.lora_alpha: must be positive");
@@ -37,6 +59,7 @@ void validate(const ModelConfig& config) {
 
 nlohmann::json to_json(const ModelConfig& config) {
   return {{"architecture", to_string(config.architecture)},
+          {"conv_widths", config.conv_widths},
           {"widths", config.widths},
           {"sites", config.sites},
           {"lora_rank", config.lora_rank},
@@ -49,6 +72,7 @@ ModelConfig model_config_from_json(const nlohmann::json& json) {
   ModelConfig config;
   config.architecture = parse_architecture(json.at("architecture").get<std::string>());
   config.widths = json.at("widths").get<std::vector<std::int64_t>>();
+  if (json.contains("conv_widths")) config.conv_widths = json.at("conv_widths").get<std::vector<std::int64_t>>();
   config.sites = json.at("sites").get<int>();
   config.lora_rank = json.at("lora_rank").get<std::int64_t>();
   config.lora_alpha = json.at("lora_alpha").get<double>();

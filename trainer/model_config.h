@@ -10,16 +10,20 @@
 
 namespace lethe::trainer {
 
-enum class Architecture { kMlp, kCnn };
+enum class Architecture { kMlp, kCnn, kConvnet };
 
 [[nodiscard]] std::string to_string(Architecture architecture);
-// "mlp" or "cnn"; std::invalid_argument naming the accepted values otherwise.
+// "mlp", "cnn" or "convnet"; std::invalid_argument naming the accepted values otherwise.
 [[nodiscard]] Architecture parse_architecture(const std::string& name);
 
 struct ModelConfig {
   Architecture architecture = Architecture::kMlp;
-  // One entry per backbone block, bottom to top: units of an MLP layer, or output channels of
-  // a 3x3 stride-2 convolution. Every block is a layer followed by ReLU.
+  // convnet only: the convolution blocks, bottom to top, below the dense blocks of `widths`: output
+  // channels of a 3x3 convolution (stride 1, padding 1), then ReLU and 2x2 max-pooling.
+  std::vector<std::int64_t> conv_widths;
+  // One entry per block, bottom to top: units of a dense layer (mlp; convnet, above its
+  // convolutions), or output channels of a 3x3 stride-2 convolution (cnn). Every block is a layer
+  // followed by ReLU.
   std::vector<std::int64_t> widths{256, 128, 128, 64};
   // L: the top `sites` blocks carry LoRA adapters; site 1 is the top block, nearest the head.
   int sites = 4;
@@ -35,6 +39,9 @@ struct ModelConfig {
 
 // Throws std::invalid_argument naming the offending field ("model.sites", ...) and the fix.
 void validate(const ModelConfig& config);
+
+// Blocks of the model, bottom to top: conv_widths then widths (convnet), or widths.
+[[nodiscard]] int num_blocks(const ModelConfig& config);
 
 // Stable JSON form (recorded in checkpoints and backbone files, and hashed into digests).
 [[nodiscard]] nlohmann::json to_json(const ModelConfig& config);

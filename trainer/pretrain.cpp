@@ -95,6 +95,20 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
   return report;
 }
 
+void set_feature_mean(LetheModel& model, const torch::Tensor& inputs, std::int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  const int depth = model.active_depth();
+  model.set_active_depth(0);
+  const auto device = model.head_weight().device();
+  auto sum = torch::zeros({feature_dim(model.config())}, torch::kFloat64);
+  for (std::int64_t start = 0; start < inputs.size(0); start += batch_size) {
+    const auto batch = inputs.slice(0, start, std::min(inputs.size(0), start + batch_size)).to(device);
+    sum += model.features(batch).to(torch::kCPU).to(torch::kFloat64).sum(0);
+  }
+  model.set_active_depth(depth);
+  model.set_feature_mean(inputs.size(0) > 0 ? sum / static_cast<double>(inputs.size(0)) : sum);
+}
+
 namespace {
 
 std::string dataset_name(const std::string& tensor_name) {
@@ -154,6 +168,11 @@ void load_backbone(LetheModel& model, const std::filesystem::path& path) {
   auto tensors = model.backbone_and_head_tensors();
   for (auto& [name, target] : tensors) {
     const auto dname = dataset_name(name);
+    // The feature mean is optional (backbones exported from elsewhere): zeros, i.e. no centring.
+    if (name == "features.mean" && !link_exists(file.get(), dname)) {
+      loaded.emplace_back(&target, torch::zeros_like(target));
+      continue;
+    }
     if (!link_exists(file.get(), dname)) {
       throw storage::StorageError("backbone file " + path.string() + " has no dataset '" + dname + "' (the model config has " +
                                   std::to_string(model.num_blocks()) + " blocks); see docs/BACKBONE.md for the layout");

@@ -41,6 +41,10 @@ struct PretrainReport {
 PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const OptimizerSettings& options,
                                  std::uint64_t seed);
 
+// Sets the model's feature mean (LetheModel::feature_mean) to the mean of its features over
+// `records` (the public records: computing it needs no private record), in batches.
+void set_feature_mean(LetheModel& model, const torch::Tensor& inputs, std::int64_t batch_size);
+
 // Writes blocks/<b>/weight, blocks/<b>/bias, head/weight, head/bias (float32) and root attributes
 // lethe_format = "lethe-backbone", model (JSON), metadata (JSON); committed atomically.
 void save_backbone(LetheModel& model, const std::filesystem::path& path, const nlohmann::json& metadata);

@@ -61,6 +61,14 @@ json request_part(const storage::LedgerRequest& row) {
 
 }  // namespace
 
+void DurationSamples::add(double seconds) {
+  constexpr std::size_t kKeep = 4096;
+  sum += seconds;
+  ++count;
+  recent.push_back(seconds);
+  if (recent.size() > kKeep) recent.erase(recent.begin(), recent.end() - static_cast<std::ptrdiff_t>(kKeep));
+}
+
 json iso_time(std::int64_t unix_ms) {
   if (unix_ms <= 0) return nullptr;
   const std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
@@ -264,10 +272,11 @@ void Coordinator::process_once(const std::vector<storage::LedgerRequest>& reques
     // The routes loaded that batch's state from the manifest; only its files are left to finish.
     std::vector<std::vector<ResolvedRecord>> records;
     for (const auto& row : requests) records.push_back(router_.resolve(request_of(row)));
-    finish(requests, records, *committed);
+    finish(requests, records, *committed, {});
     return;
   }
   const auto start = std::chrono::steady_clock::now();
+  PhaseTimes phases;
   std::vector<std::vector<ResolvedRecord>> records;
   std::vector<ResolvedRecord> batch;
   std::unordered_set<std::string> seen;
@@ -279,15 +288,21 @@ void Coordinator::process_once(const std::vector<storage::LedgerRequest>& reques
       if (record.outcome == RecordOutcome::kDelete && seen.insert(record.id).second) batch.push_back(record);
     }
   }
-  const auto resolved = elapsed_ms(start);
+  phases.emplace_back("resolve", elapsed_ms(start) / 1000.0);
   send_command(kBatch);
-  const auto outcome = router_.apply_batch(batch, request_ids);
-  spdlog::debug("coordinator: resolve {:.1f} ms, apply {:.1f} ms", resolved, elapsed_ms(start) - resolved);
-  finish(requests, records, outcome);
+  const auto outcome = router_.apply_batch(batch, request_ids, &phases);
+  finish(requests, records, outcome, std::move(phases));
 }
 
 void Coordinator::finish(const std::vector<storage::LedgerRequest>& requests,
-                         const std::vector<std::vector<ResolvedRecord>>& records, const BatchOutcome& outcome) {
+                         const std::vector<std::vector<ResolvedRecord>>& records, const BatchOutcome& outcome,
+                         PhaseTimes phases) {
+  auto lap_start = std::chrono::steady_clock::now();
+  const auto lap = [&](const char* phase) {
+    const auto now = std::chrono::steady_clock::now();
+    phases.emplace_back(phase, std::chrono::duration<double>(now - lap_start).count());
+    lap_start = now;
+  };
   const auto applied_ms = now_ms();
   std::vector<json> receipts;
   std::vector<std::pair<std::string, json>> newly_applied;
@@ -319,12 +334,12 @@ void Coordinator::finish(const std::vector<storage::LedgerRequest>& requests,
     receipts.push_back(std::move(receipt));
   }
   ledger_.mark_applied(newly_applied);
-  const auto start = std::chrono::steady_clock::now();
+  lap("record_applied");
   router_.purge(outcome.purge);
-  const auto purged_ms = elapsed_ms(start);
+  lap("purge");
   std::int64_t erased_now = 0;
   if (!erase.empty()) erased_now = router_.erase(erase);
-  const auto erased_ms = elapsed_ms(start);
+  lap("erase");
   const auto completed_ms = now_ms();
   std::vector<double> latencies;
   std::vector<std::pair<std::string, json>> completed;
@@ -336,7 +351,7 @@ void Coordinator::finish(const std::vector<storage::LedgerRequest>& requests,
     latencies.push_back(static_cast<double>(completed_ms - requests[i].submitted_ms) / 1000.0);
   }
   ledger_.complete(completed);
-  const auto receipted_ms = elapsed_ms(start);
+  lap("complete");
   // The clear ids of completed requests linger in the ledger's WAL until a scrub: scrub when the
   // queue is empty, and at least every kScrubInterval under sustained load (a scrub costs fsyncs
   // that would otherwise add to every batch's latency).
@@ -349,23 +364,20 @@ void Coordinator::finish(const std::vector<storage::LedgerRequest>& requests,
   if (idle || now - last_scrub_ >= kScrubInterval) {
     ledger_.scrub();
     last_scrub_ = now;
+    lap("scrub");
   }
-  spdlog::debug("coordinator: purge {:.1f} ms, erase {:.1f} ms, complete {:.1f} ms, scrub {:.1f} ms", purged_ms,
-                erased_ms - purged_ms, receipted_ms - erased_ms, elapsed_ms(start) - receipted_ms);
+  if (spdlog::should_log(spdlog::level::debug)) {
+    std::string text;
+    for (const auto& [phase, seconds] : phases) text += fmt::format(" {} {:.1f} ms,", phase, seconds * 1000);
+    spdlog::debug("coordinator: batch phases:{}", text);
+  }
   spdlog::info("coordinator: batch of {} request(s) completed: {} record(s) forgotten, {} erased now, {} checkpoint(s) purged, model version {}",
                requests.size(), outcome.records_deleted, erased_now, outcome.purge.size(), outcome.model_version);
   std::lock_guard lock(mutex_);
   ++metrics_.batches;
   metrics_.completed += requests.size();
-  for (const auto latency : latencies) {
-    metrics_.latency_sum_seconds += latency;
-    metrics_.latencies_seconds.push_back(latency);
-  }
-  constexpr std::size_t kKeep = 4096;
-  if (metrics_.latencies_seconds.size() > kKeep) {
-    metrics_.latencies_seconds.erase(metrics_.latencies_seconds.begin(),
-                                     metrics_.latencies_seconds.end() - static_cast<std::ptrdiff_t>(kKeep));
-  }
+  for (const auto latency : latencies) metrics_.latency.add(latency);
+  for (const auto& [phase, seconds] : phases) metrics_.phases[phase].add(seconds);
   metrics_.queue_depth = queue_.size();
 }
 

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -47,13 +48,26 @@ struct Submission {
   bool created = false;  // false: the idempotency key named an earlier request, which is returned
 };
 
+// Durations, in seconds: the most recent 4096 (for quantiles), and the sum and count of all.
+struct DurationSamples {
+  std::vector<double> recent;
+  double sum = 0;
+  std::uint64_t count = 0;
+  void add(double seconds);
+};
+
+// Where a batch's time went, phase by phase ("resolve", "route:<name>", "commit", ...), in order.
+using PhaseTimes = std::vector<std::pair<std::string, double>>;
+
 struct CoordinatorMetrics {
   std::size_t queue_depth = 0;          // acknowledged, not yet completed
   std::uint64_t batches = 0;
   std::uint64_t completed = 0;          // requests completed since start
   std::uint64_t failed = 0;
-  std::vector<double> latencies_seconds;  // submission to completed receipt, the most recent (at most 4096)
-  double latency_sum_seconds = 0;       // over all completed since start
+  DurationSamples latency;              // submission to completed receipt, per request
+  // Per phase of a batch: resolve, route:<name> (each route's prepare), commit (the manifest),
+  // record_applied, purge, erase, complete (the ledger), scrub.
+  std::map<std::string, DurationSamples> phases;
   std::string last_error;               // of the last failed batch attempt, "" when none
 };
 
@@ -90,7 +104,7 @@ class Coordinator {
   void process(const std::vector<std::string>& ids);
   void process_once(const std::vector<storage::LedgerRequest>& requests);
   void finish(const std::vector<storage::LedgerRequest>& requests, const std::vector<std::vector<ResolvedRecord>>& records,
-              const BatchOutcome& outcome);
+              const BatchOutcome& outcome, PhaseTimes phases);
   void send_command(std::int64_t command);
 
   JobRouter& router_;

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <torch/torch.h>
 
@@ -94,7 +95,14 @@ std::optional<BatchOutcome> JobRouter::committed_batch_of(const std::string& req
   return std::nullopt;
 }
 
-BatchOutcome JobRouter::apply_batch(const std::vector<ResolvedRecord>& records, const std::vector<std::string>& request_ids) {
+BatchOutcome JobRouter::apply_batch(const std::vector<ResolvedRecord>& records, const std::vector<std::string>& request_ids,
+                                    std::vector<std::pair<std::string, double>>* phases) {
+  auto lap_start = std::chrono::steady_clock::now();
+  const auto lap = [&](const std::string& phase) {
+    const auto now = std::chrono::steady_clock::now();
+    if (phases != nullptr) phases->emplace_back(phase, std::chrono::duration<double>(now - lap_start).count());
+    lap_start = now;
+  };
   auto& comm = *comm_;
   const auto snapshot = current();
   trainer::DeletionBatch batch;
@@ -125,7 +133,10 @@ BatchOutcome JobRouter::apply_batch(const std::vector<ResolvedRecord>& records, 
   auto next = std::make_shared<Snapshot>();
   try {
     // Every route's change, on copies (each route agrees on its own failures over the ranks).
-    for (const auto& route : snapshot->routes) changes.push_back(route->prepare_deletion(batch));
+    for (const auto& route : snapshot->routes) {
+      changes.push_back(route->prepare_deletion(batch));
+      lap("route:" + std::string(route->name()));
+    }
     // Every rank holds its next state before rank 0 commits: a rank that cannot vetoes the batch
     // here, while it can still be abandoned everywhere.
     comm::on_every_rank(comm, "readying the batch's routes", [&] {
@@ -147,6 +158,7 @@ BatchOutcome JobRouter::apply_batch(const std::vector<ResolvedRecord>& records, 
       trainer::commit_job_manifest(*manifest);
       next_manifest = std::move(manifest);
     });
+    lap("commit");
   } catch (...) {
     if (comm.rank() == 0) discard();
     throw;
@@ -184,29 +196,44 @@ std::vector<trainer::Gauge> JobRouter::gauges() const {
   return out;
 }
 
+std::int64_t JobRouter::values_per_record() const {
+  const auto& config = current()->manifest->model;
+  return config.input_channels * config.input_height * config.input_width;
+}
+
+storage::FeatureType JobRouter::feature_type() const { return dataset_->feature_type; }
+
+JobRouter::Prediction JobRouter::predict_rows(const std::string& model, const at::Tensor& values) const {
+  const auto snapshot = current();
+  std::shared_ptr<const trainer::ModelRoute> route = snapshot->routes.front();
+  if (!model.empty()) {
+    if (trainer::find_route_kind(model) == nullptr) throw RequestError("model", "must be one of " + route_names());
+    const auto it = std::find_if(snapshot->routes.begin(), snapshot->routes.end(),
+                                 [&](const auto& r) { return r->name() == model; });
+    if (it == snapshot->routes.end()) throw RequestError("model", "this job has no " + model + " model");
+    route = *it;
+  }
+  const auto& manifest = *snapshot->manifest;
+  auto probabilities = route->predict(trainer::to_model_inputs(values, dataset_->feature_type, manifest.model));
+  return {std::string(route->name()), manifest.model_version, probabilities.to(torch::kFloat32).contiguous()};
+}
+
 json JobRouter::predict(const json& body) const {
   if (!body.is_object() || !body.contains("inputs")) throw RequestError("inputs", "required: a list of feature rows");
   for (const auto& [key, value] : body.items()) {
     if (key != "inputs" && key != "model") throw RequestError(key, "unknown field; expected \"inputs\" or \"model\"");
   }
-  const auto snapshot = current();
-  const auto& manifest = *snapshot->manifest;
-  std::shared_ptr<const trainer::ModelRoute> route = snapshot->routes.front();
+  std::string model;
   if (body.contains("model")) {
     if (!body["model"].is_string()) throw RequestError("model", "must be a string: one of " + route_names());
-    const auto name = body["model"].get<std::string>();
-    if (trainer::find_route_kind(name) == nullptr) throw RequestError("model", "must be one of " + route_names());
-    const auto it = std::find_if(snapshot->routes.begin(), snapshot->routes.end(),
-                                 [&](const auto& r) { return r->name() == name; });
-    if (it == snapshot->routes.end()) throw RequestError("model", "this job has no " + name + " model");
-    route = *it;
+    model = body["model"].get<std::string>();
   }
-  const auto& config = manifest.model;
-  const auto width = static_cast<std::size_t>(config.input_channels * config.input_height * config.input_width);
+  const auto width = static_cast<std::size_t>(values_per_record());
   const auto& inputs = body.at("inputs");
   if (!inputs.is_array() || inputs.empty()) throw RequestError("inputs", "must be a non-empty list of feature rows");
   if (inputs.size() > kMaxPredictRows) {
-    throw RequestError("inputs", "at most " + std::to_string(kMaxPredictRows) + " rows per request");
+    throw RequestError("inputs", "at most " + std::to_string(kMaxPredictRows) +
+                                     " rows per request (send larger batches as application/octet-stream, docs/API.md)");
   }
   std::vector<double> values;
   values.reserve(inputs.size() * width);
@@ -222,15 +249,16 @@ json JobRouter::predict(const json& body) const {
   }
   const auto n = static_cast<std::int64_t>(inputs.size());
   const auto raw = torch::from_blob(values.data(), {n, static_cast<std::int64_t>(width)}, torch::kFloat64);
-  const auto probabilities = route->predict(trainer::to_model_inputs(raw, dataset_->feature_type, config));
+  const auto prediction = predict_rows(model, raw);
+  const auto& probabilities = prediction.probabilities;
   json predictions = json::array();
   const auto classes = probabilities.argmax(1);
   for (std::int64_t i = 0; i < n; ++i) {
-    const auto row = probabilities[i].to(torch::kFloat64).contiguous();
+    const float* row = probabilities[i].data_ptr<float>();
     predictions.push_back({{"class", classes[i].item<std::int64_t>()},
-                           {"probabilities", std::vector<double>(row.data_ptr<double>(), row.data_ptr<double>() + row.numel())}});
+                           {"probabilities", std::vector<double>(row, row + probabilities.size(1))}});
   }
-  return {{"model", route->name()}, {"model_version", manifest.model_version}, {"predictions", predictions}};
+  return {{"model", prediction.model}, {"model_version", prediction.model_version}, {"predictions", predictions}};
 }
 
 }  // namespace lethe::deletion

@@ -16,6 +16,7 @@
 #include "comm/communicator.h"
 #include "deletion/record_resolution.h"
 #include "trainer/job_manifest.h"
+#include "storage/dataset.h"
 #include "trainer/model_route.h"
 
 namespace lethe::deletion {
@@ -49,7 +50,10 @@ class JobRouter {
   // commit point); then every rank swaps the new routes in. A failure anywhere leaves memory and
   // disk as they were (files a route wrote are discarded), so a retry is exact. Checkpoints to
   // purge are listed, not purged: purge() does it once the caller has recorded the outcome.
-  BatchOutcome apply_batch(const std::vector<ResolvedRecord>& records, const std::vector<std::string>& request_ids);
+  // `phases` (rank 0, optional) receives each route's prepare time ("route:<name>") and the
+  // manifest commit's ("commit"), in seconds.
+  BatchOutcome apply_batch(const std::vector<ResolvedRecord>& records, const std::vector<std::string>& request_ids,
+                           std::vector<std::pair<std::string, double>>* phases = nullptr);
 
   // The manifest's last_batch when it lists `request_id`: that batch was committed (a crash came
   // before its requests were completed). Rank 0.
@@ -68,6 +72,18 @@ class JobRouter {
   // RequestError naming the field for bad input or an unknown model, and trainer::TrainerError
   // (kUnavailable) when the model cannot answer now.
   [[nodiscard]] nlohmann::json predict(const nlohmann::json& body) const;
+
+  // Rank 0, any thread: the same on raw rows. `values`: [N, values per record] in the dataset's
+  // units (any numeric dtype, CPU); `model`: a route name, or empty for the job's first.
+  struct Prediction {
+    std::string model;
+    std::int64_t model_version = 0;
+    at::Tensor probabilities;  // [N, classes] float32
+  };
+  [[nodiscard]] Prediction predict_rows(const std::string& model, const at::Tensor& values) const;
+  // Values per record (the dataset's feature shape, flattened) and the dataset's feature type.
+  [[nodiscard]] std::int64_t values_per_record() const;
+  [[nodiscard]] storage::FeatureType feature_type() const;
   // Rank 0: every route's facts about one deleted record, added to its receipt entry.
   void describe_record(const std::string& id, nlohmann::json& entry) const;
   // Rank 0: every route's gauges, for /metrics.

@@ -1,6 +1,9 @@
 #include "deletion/service.h"
 
+#include <torch/torch.h>
+
 #include <algorithm>
+#include <cstring>
 #include <sstream>
 
 #include "storage/error.h"
@@ -55,10 +58,64 @@ http::Response submit(Coordinator& coordinator, const http::Request& request) {
   return response;
 }
 
-void quantiles(std::ostringstream& out, std::vector<double> samples) {
+// At most this many rows per binary predict request (about 12 MiB of Fashion-MNIST pixels).
+constexpr std::int64_t kMaxBinaryPredictRows = 16384;
+
+// POST /v1/predict with Content-Type application/octet-stream: rows of the dataset's feature values
+// back to back (X-Lethe-Dtype: uint8 or float32, little-endian; default the dataset's type), the
+// model in X-Lethe-Model. Answers JSON as for a JSON body, or with Accept: application/octet-stream
+// the probabilities as float32 [rows, classes] (X-Lethe-Classes, X-Lethe-Model, X-Lethe-Model-Version).
+http::Response predict_binary(JobRouter& router, const http::Request& request) {
+  std::string dtype(request.header("X-Lethe-Dtype").value_or(storage::to_string(router.feature_type())));
+  if (dtype != "uint8" && dtype != "float32") {
+    throw RequestError("X-Lethe-Dtype", "'" + dtype + "' is not a feature type; use uint8 or float32");
+  }
+  const auto type = storage::parse_feature_type(dtype);
+  const auto width = router.values_per_record();
+  const auto row_bytes = static_cast<std::size_t>(width) * storage::element_size(type);
+  if (request.body.empty() || request.body.size() % row_bytes != 0) {
+    throw RequestError("body", std::to_string(request.body.size()) + " bytes are not a whole number of rows of " +
+                                   std::to_string(width) + " " + dtype + " values (" + std::to_string(row_bytes) +
+                                   " bytes each)");
+  }
+  const auto rows = static_cast<std::int64_t>(request.body.size() / row_bytes);
+  if (rows > kMaxBinaryPredictRows) {
+    throw RequestError("body", std::to_string(rows) + " rows; at most " + std::to_string(kMaxBinaryPredictRows) +
+                                   " per request");
+  }
+  auto values = torch::empty({rows, width}, type == storage::FeatureType::uint8 ? torch::kUInt8 : torch::kFloat32);
+  std::memcpy(values.data_ptr(), request.body.data(), request.body.size());
+  if (type == storage::FeatureType::float32 && !torch::isfinite(values).all().item<bool>()) {
+    throw RequestError("body", "holds a value that is not a finite number");
+  }
+  const auto prediction = router.predict_rows(std::string(request.header("X-Lethe-Model").value_or("")), values);
+  const auto& p = prediction.probabilities;
+  http::Response response;
+  if (request.header("Accept").value_or("").find("application/octet-stream") != std::string_view::npos) {
+    response.content_type = "application/octet-stream";
+    response.body.assign(reinterpret_cast<const char*>(p.data_ptr<float>()), static_cast<std::size_t>(p.numel()) * sizeof(float));
+    response.headers.emplace_back("X-Lethe-Classes", std::to_string(p.size(1)));
+    response.headers.emplace_back("X-Lethe-Model", prediction.model);
+    response.headers.emplace_back("X-Lethe-Model-Version", std::to_string(prediction.model_version));
+    return response;
+  }
+  json predictions = json::array();
+  const auto classes = p.argmax(1);
+  const auto* best = classes.data_ptr<std::int64_t>();
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* row = p.data_ptr<float>() + i * p.size(1);
+    predictions.push_back({{"class", best[i]}, {"probabilities", std::vector<double>(row, row + p.size(1))}});
+  }
+  return http::json_response(200, {{"model", prediction.model},
+                                    {"model_version", prediction.model_version},
+                                    {"predictions", predictions}});
+}
+
+// `name{labels,quantile="q"} value` for the median, p90 and p99 of `samples`.
+void quantiles(std::ostringstream& out, const std::string& name, const std::string& labels, std::vector<double> samples) {
   std::sort(samples.begin(), samples.end());
   for (const double q : {0.5, 0.9, 0.99}) {
-    out << "lethe_deletion_latency_seconds{quantile=\"" << q << "\"} ";
+    out << name << "{" << labels << (labels.empty() ? "" : ",") << "quantile=\"" << q << "\"} ";
     if (samples.empty()) {
       out << "NaN\n";
     } else {
@@ -92,9 +149,17 @@ std::string render_metrics(const CoordinatorMetrics& metrics, const JobRouter& r
       << "lethe_deletion_batches_total " << metrics.batches << "\n";
   out << "# HELP lethe_deletion_latency_seconds Request to completed receipt, recent requests.\n"
          "# TYPE lethe_deletion_latency_seconds summary\n";
-  quantiles(out, metrics.latencies_seconds);
-  out << "lethe_deletion_latency_seconds_sum " << metrics.latency_sum_seconds << "\n"
-      << "lethe_deletion_latency_seconds_count " << metrics.completed << "\n";
+  quantiles(out, "lethe_deletion_latency_seconds", "", metrics.latency.recent);
+  out << "lethe_deletion_latency_seconds_sum " << metrics.latency.sum << "\n"
+      << "lethe_deletion_latency_seconds_count " << metrics.latency.count << "\n";
+  out << "# HELP lethe_deletion_phase_seconds Time of each phase of a deletion batch, recent batches.\n"
+         "# TYPE lethe_deletion_phase_seconds summary\n";
+  for (const auto& [phase, samples] : metrics.phases) {
+    const std::string label = "phase=\"" + phase + "\"";
+    quantiles(out, "lethe_deletion_phase_seconds", label, samples.recent);
+    out << "lethe_deletion_phase_seconds_sum{" << label << "} " << samples.sum << "\n"
+        << "lethe_deletion_phase_seconds_count{" << label << "} " << samples.count << "\n";
+  }
   out << "# HELP lethe_model_version The job's model version (one more per applied batch).\n"
          "# TYPE lethe_model_version gauge\n"
       << "lethe_model_version " << router.model_version() << "\n";
@@ -151,6 +216,9 @@ http::Handler make_service_handler(Coordinator& coordinator, JobRouter& router, 
       }
       if (path == "/v1/predict") {
         if (method != "POST") return method_not_allowed("POST");
+        if (request.header("Content-Type").value_or("").starts_with("application/octet-stream")) {
+          return predict_binary(router, request);
+        }
         return http::json_response(200, router.predict(parse_body(request)));
       }
       if (path == "/metrics") {

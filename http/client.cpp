@@ -212,6 +212,11 @@ const Url& Client::url() const { return impl_->url; }
 std::uint64_t Client::connections_opened() const { return impl_->opened; }
 
 Response Client::request(std::string_view method, std::string_view target, std::string_view body) {
+  return request(method, target, body, {});
+}
+
+Response Client::request(std::string_view method, std::string_view target, std::string_view body,
+                         const std::vector<std::pair<std::string, std::string>>& headers) {
   Impl& s = *impl_;
   if (target.empty() || target.front() != '/') {
     throw std::invalid_argument("http::Client: request target '" + std::string(target) + "' must start with '/'");
@@ -226,6 +231,7 @@ Response Client::request(std::string_view method, std::string_view target, std::
   request.set(bhttp::field::user_agent, "lethe");
   if (s.token) request.set(bhttp::field::authorization, "Bearer " + *s.token);
   if (!body.empty()) request.set(bhttp::field::content_type, "application/json");
+  for (const auto& [name, value] : headers) request.set(name, value);
   request.body() = std::string(body);
   request.keep_alive(true);
   request.prepare_payload();

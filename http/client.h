@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "http/server.h"
 
@@ -52,6 +54,10 @@ class Client {
   // unless the server closed it; an idempotent request (GET, HEAD, PUT, DELETE, OPTIONS) whose
   // reused connection turns out dead is retried once on a new one.
   [[nodiscard]] Response request(std::string_view method, std::string_view target, std::string_view body = {});
+  // The same with extra headers (e.g. a Content-Type other than application/json, which a body
+  // gets by default).
+  [[nodiscard]] Response request(std::string_view method, std::string_view target, std::string_view body,
+                                 const std::vector<std::pair<std::string, std::string>>& headers);
 
   [[nodiscard]] const Url& url() const;
   [[nodiscard]] std::uint64_t connections_opened() const;  // how many times it (re)connected

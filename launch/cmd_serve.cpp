@@ -24,7 +24,7 @@ struct ServeArgs {
   std::string token_file;
   int batch_window_ms = 5;
   std::size_t max_queue = 10000;
-  std::size_t body_limit = 1 << 20;
+  std::size_t body_limit = std::size_t{16} << 20;  // 16 MiB: a 1024-row JSON or a 16384-row binary predict fits
   int request_timeout_s = 10;
   int drain_s = 30;
   int http_threads = 2;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <set>
@@ -153,12 +154,54 @@ TEST_F(ServiceTest, DeletesByBothRoutesErasesEverywhereAndReportsIt) {
   EXPECT_EQ(post(client, "/v1/predict", {{"inputs", row}, {"model", "noisy_gd"}}, 200).at("model"), "noisy_gd");
   EXPECT_EQ(post(client, "/v1/predict", {{"inputs", {{1, 2, 3}}}}, 400)["error"]["field"], "inputs[0]");
 
+  // The binary form: raw uint8 rows in; JSON out, or float32 probabilities with Accept.
+  {
+    std::string rows;
+    json inputs = json::array();
+    for (int r = 0; r < 3; ++r) {
+      std::vector<int> values(36);
+      for (int v = 0; v < 36; ++v) values[static_cast<std::size_t>(v)] = (r * 70 + v * 7) % 256;
+      for (const int v : values) rows.push_back(static_cast<char>(v));
+      inputs.push_back(values);
+    }
+    for (const char* model : {"s3t", "noisy_gd"}) {
+      const auto as_json = post(client, "/v1/predict", {{"inputs", inputs}, {"model", model}}, 200);
+      const std::vector<std::pair<std::string, std::string>> binary = {
+          {"Content-Type", "application/octet-stream"}, {"X-Lethe-Dtype", "uint8"}, {"X-Lethe-Model", model}};
+      const auto answer = client.request("POST", "/v1/predict", rows, binary);
+      ASSERT_EQ(answer.status, 200) << answer.body;
+      const auto j = json::parse(answer.body);
+      EXPECT_EQ(j.at("model"), model);
+      ASSERT_EQ(j.at("predictions").size(), 3u);
+      for (std::size_t r = 0; r < 3; ++r) {
+        EXPECT_EQ(j["predictions"][r]["class"], as_json["predictions"][r]["class"]) << model << " row " << r;
+        EXPECT_EQ(j["predictions"][r]["probabilities"], as_json["predictions"][r]["probabilities"]) << model;
+      }
+      auto raw = binary;
+      raw.emplace_back("Accept", "application/octet-stream");
+      const auto floats = client.request("POST", "/v1/predict", rows, raw);
+      ASSERT_EQ(floats.status, 200);
+      EXPECT_EQ(floats.header("X-Lethe-Classes").value_or(""), "3");
+      ASSERT_EQ(floats.body.size(), 3u * 3u * sizeof(float));
+      float first = 0;
+      std::memcpy(&first, floats.body.data(), sizeof first);
+      EXPECT_FLOAT_EQ(first, as_json["predictions"][0]["probabilities"][0].get<float>());
+    }
+    const std::vector<std::pair<std::string, std::string>> octets = {{"Content-Type", "application/octet-stream"}};
+    EXPECT_EQ(json::parse(client.request("POST", "/v1/predict", rows.substr(0, 40), octets).body)["error"]["field"], "body")
+        << "40 bytes are not whole rows of 36";
+    EXPECT_EQ(json::parse(client.request("POST", "/v1/predict", rows,
+                                         {{"Content-Type", "application/octet-stream"}, {"X-Lethe-Dtype", "int16"}})
+                              .body)["error"]["field"],
+              "X-Lethe-Dtype");
+  }
+
   // Bad requests: each a JSON error naming the field; nothing is queued.
   EXPECT_EQ(json::parse(client.request("POST", "/v1/deletions", "{not json").body)["error"]["field"], "body");
   EXPECT_EQ(post(client, "/v1/deletions", {{"records", {1}}}, 400)["error"]["field"], "records[0]");
   EXPECT_EQ(post(client, "/v1/deletions", {{"records", {"a"}}, {"subject", "s"}}, 400)["error"]["field"], "subject");
   EXPECT_EQ(client.request("GET", "/v1/deletions/del-0000000000000000").status, 404);
-  EXPECT_EQ(client.request("POST", "/v1/deletions", std::string(2 << 20, ' ')).status, 413);
+  EXPECT_EQ(client.request("POST", "/v1/deletions", std::string((16 << 20) + 1, ' ')).status, 413) << "over the default 16 MiB";
   EXPECT_EQ(client.request("GET", "/v1/nothing").status, 404);
   EXPECT_EQ(client.request("DELETE", "/v1/models").status, 405);
 
@@ -176,6 +219,11 @@ TEST_F(ServiceTest, DeletesByBothRoutesErasesEverywhereAndReportsIt) {
   EXPECT_NE(metrics.body.find("lethe_deletions_completed_total 2"), std::string::npos) << metrics.body;
   EXPECT_NE(metrics.body.find("lethe_s3t_live_depth{shard=\"" + std::to_string(shard) + "\"}"), std::string::npos);
   EXPECT_NE(metrics.body.find("lethe_deletion_latency_seconds{quantile=\"0.99\"}"), std::string::npos);
+  for (const char* phase : {"resolve", "route:s3t", "route:noisy_gd", "commit", "purge", "erase", "complete"}) {
+    EXPECT_NE(metrics.body.find("lethe_deletion_phase_seconds{phase=\"" + std::string(phase) + "\",quantile=\"0.5\"}"),
+              std::string::npos)
+        << phase << " in\n" << metrics.body;
+  }
 
   EXPECT_EQ(service.terminate(), 0) << service.log_text();
 }

@@ -11,7 +11,8 @@ Steps, each named in the error message when it fails (the exit status is then 1)
   select      pick the records to delete (private, no byte-identical twin) and take their
               feature bytes from the training set (lethe inspect --records) before anything is deleted
   serve       mpiexec -np N lethe serve --listen 127.0.0.1:0; the port is its first JSON line
-  accuracy    POST /v1/predict on the whole test set (1024 rows a request), both models
+  accuracy    POST /v1/predict on the whole test set (one binary request: uint8 rows in, float32
+              probabilities out, docs/API.md), both models
   singles     single-record requests, one at a time, accuracy every few deletions
   batches     requests of several records each, one at a time
   subjects    whole-subject requests, sent at once (the service batches them)
@@ -243,6 +244,20 @@ class Service:
         except OSError as e:
             raise StepError(step, f"{method} {path}: {e} (service log {self.log_path})")
 
+    def predict_binary(self, model, body, step):
+        """POST /v1/predict with raw uint8 rows; (200, (float32 probabilities, classes)) or (status, error JSON)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/predict", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/octet-stream", "X-Lethe-Dtype": "uint8",
+                                              "X-Lethe-Model": model, "Accept": "application/octet-stream"})
+        try:
+            with urllib.request.urlopen(req, timeout=600) as r:
+                return r.status, (np.frombuffer(r.read(), dtype=np.float32), int(r.headers["X-Lethe-Classes"]))
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+        except OSError as e:
+            raise StepError(step, f"POST /v1/predict: {e} (service log {self.log_path})")
+
     def rank0(self):
         """Rank 0's pid: mpiexec answers a forwarded SIGTERM with exit 1 however the ranks end, so
         the signal goes to rank 0, which drains, stops the other ranks and exits 0 (docs/API.md)."""
@@ -329,28 +344,25 @@ class DepthSampler:
 # Accuracy through /v1/predict.
 
 class Evaluator:
-    def __init__(self, data, batch=1024):
+    """The whole test set in one binary POST /v1/predict (docs/API.md): uint8 rows in, float32
+    probabilities out, no JSON either way."""
+
+    def __init__(self, data):
         self.labels = data.test_y
-        # Encode each batch's rows once: the bodies differ only in "model".
-        self.bodies = []
-        for i in range(0, len(data.test_x), batch):
-            rows = data.test_x[i:i + batch]
-            self.bodies.append((i, len(rows), "[" + ",".join("[" + ",".join(map(str, r)) + "]" for r in rows.tolist()) + "]"))
+        self.body = np.ascontiguousarray(data.test_x, dtype=np.uint8).tobytes()
+        self.rows = len(data.test_x)
 
     def accuracy(self, service, model, live_shards):
-        correct = 0
-        for start, n, inputs in self.bodies:
-            status, answer = service.call("POST", "/v1/predict", raw=f'{{"model":"{model}","inputs":{inputs}}}'.encode(),
-                                          step="accuracy")
-            if status != 200:
-                if model == "s3t" and live_shards == 0 and status == 503 and answer["error"]["code"] == "unavailable":
-                    return None  # the ensemble is down: every sequence lost its first slice
-                raise StepError("accuracy", f"POST /v1/predict ({model}, rows {start}..{start + n - 1}) answered {status}: {answer}")
-            preds = [p["class"] for p in answer["predictions"]]
-            if len(preds) != n:
-                raise StepError("accuracy", f"{model}: {len(preds)} predictions for {n} rows")
-            correct += int((np.array(preds) == self.labels[start:start + n]).sum())
-        return correct / len(self.labels)
+        status, answer = service.predict_binary(model, self.body, step="accuracy")
+        if status != 200:
+            if model == "s3t" and live_shards == 0 and status == 503 and answer["error"]["code"] == "unavailable":
+                return None  # the ensemble is down: every sequence lost its first slice
+            raise StepError("accuracy", f"POST /v1/predict ({model}, {self.rows} rows) answered {status}: {answer}")
+        probabilities, classes = answer
+        if len(probabilities) != self.rows * classes:
+            raise StepError("accuracy", f"{model}: {len(probabilities)} probabilities for {self.rows} rows x {classes} classes")
+        preds = probabilities.reshape(self.rows, classes).argmax(1)
+        return float((preds == self.labels).mean())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def markdown(results):
         "subjects refused (`refused_public`: they pretrained the backbone). Singles and batches are sent one at a time "
         "(each waits for its receipt); the subject requests are sent together by 8 client threads. Records are "
         f"picked at random (seed {args['seed']}) among private records whose image has no byte-identical twin.",
-        "- Accuracy: `POST /v1/predict` on the whole test set, 1024 rows a request, for `s3t` and `noisy_gd`.",
+        "- Accuracy: `POST /v1/predict` on the whole test set in one binary request (uint8 rows in, float32 probabilities out), for `s3t` and `noisy_gd`.",
         "",
         "## Accuracy against deletions",
         "",

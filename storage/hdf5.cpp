@@ -43,7 +43,14 @@ File open_file(const std::string& path, bool writable) {
     throw StorageError("'" + path + "' does not exist: check the path");
   if (!is_hdf5(path))
     throw StorageError("'" + path + "' is not an HDF5 file: expected a file written by lethe");
-  File file(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT));
+  // No HDF5 file lock: a retrain reads a job's dataset for minutes while the service erases rows
+  // in it (rewriting existing bytes in place), which HDF5's lock would refuse one way or the other.
+  // Writers of a job's files are serialized by the job lock (storage/job_lock.h); ingest and
+  // compact write new files and rename them. One setting for every open: HDF5 refuses to open a
+  // file twice in one process with different locking.
+  PropList access(check(H5Pcreate(H5P_FILE_ACCESS), "opening '" + path + "'"));
+  check(H5Pset_file_locking(access.get(), false, true), "opening '" + path + "'");
+  File file(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, access.get()));
   if (!file)
     throw StorageError("cannot open '" + path + "'" + (writable ? " for writing" : "") + ": " +
                        last_error_message() + " (is another process writing it?)");
@@ -52,7 +59,9 @@ File open_file(const std::string& path, bool writable) {
 
 File create_file(const std::string& path) {
   silence_error_printing();
-  File file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+  PropList access(check(H5Pcreate(H5P_FILE_ACCESS), "creating '" + path + "'"));
+  check(H5Pset_file_locking(access.get(), false, true), "creating '" + path + "'");  // as open_file
+  File file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access.get()));
   if (!file)
     throw StorageError("cannot create '" + path + "': " + last_error_message() +
                        " (check that the directory exists and is writable, and the disk has space)");

@@ -8,6 +8,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "trainer/error.h"
+
 
 namespace lethe::deletion {
 
@@ -16,7 +18,7 @@ using nlohmann::json;
 namespace {
 
 // Rank 0's commands to the other ranks, one broadcast each.
-enum Command : std::int64_t { kHeartbeat = 0, kBatch = 1, kStop = 3 };
+enum Command : std::int64_t { kHeartbeat = 0, kBatch = 1, kStop = 3, kAdopt = 4 };
 
 // Milliseconds since `start`, for the per-phase timings logged at debug level.
 double elapsed_ms(std::chrono::steady_clock::time_point start) {
@@ -138,6 +140,7 @@ void Coordinator::stop() {
 }
 
 void Coordinator::run_until_idle() {
+  adopt_pending_retrain();
   replay();
   for (;;) {
     std::vector<std::string> batch;
@@ -169,7 +172,7 @@ void Coordinator::worker() {
         std::unique_lock lock(mutex_);
         if (!wake_.wait_for(lock, options_.heartbeat, [this] { return stopping_ || !queue_.empty(); })) {
           lock.unlock();
-          send_command(kHeartbeat);
+          if (!adopt_pending_retrain()) send_command(kHeartbeat);
           continue;
         }
         if (stopping_) break;
@@ -182,6 +185,8 @@ void Coordinator::worker() {
         }
       }
       process(batch);
+      adopt_pending_retrain();
+      if (after_batch_) after_batch_();
     }
     ledger_.scrub();  // requests completed since the last scrub leave no clear id behind
     send_command(kStop);
@@ -191,6 +196,61 @@ void Coordinator::worker() {
     spdlog::critical("coordinator: {}; exiting so that the job can be restarted (acknowledged requests are kept)", e.what());
     std::_Exit(3);
   }
+}
+
+bool Coordinator::adopt_pending_retrain() {
+  std::optional<trainer::RetrainRun> run;
+  try {
+    run = router_.pending_retrain();
+  } catch (const std::exception& e) {
+    spdlog::error("coordinator: reading the job's retrains: {}", e.what());
+    return false;
+  }
+  if (!run) return false;
+  send_command(kAdopt);
+  try {
+    const auto version = router_.adopt_retrain(&*run);
+    std::lock_guard lock(mutex_);
+    metrics_.last_error.clear();
+    spdlog::info("coordinator: retrain {} adopted without stopping the service (model version {})", run->id, version);
+  } catch (const comm::CommError&) {
+    throw;
+  } catch (const trainer::TrainerError& e) {
+    // It cannot ever be adopted (stale, or made for another config or dataset): say so once.
+    spdlog::error("coordinator: retrain {} cannot be adopted: {}", run->id, e.what());
+    run->status = trainer::RetrainStatus::kFailed;
+    run->error = std::string("not adopted: ") + e.what();
+    try {
+      trainer::write_retrain_run(router_.job_dir(), *run);
+    } catch (const std::exception& again) {
+      spdlog::error("coordinator: cannot record it: {}", again.what());
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("coordinator: adopting retrain {} failed (retried): {}", run->id, e.what());
+    std::lock_guard lock(mutex_);
+    metrics_.last_error = e.what();
+  }
+  return true;
+}
+
+json Coordinator::retrain_effect() const {
+  json running = json::array();
+  try {
+    const auto retrains = router_.retrains();  // named: a range-for over a temporary's member dangles
+    for (const auto& run : retrains.at("in_progress")) running.push_back(run.at("id"));
+  } catch (const std::exception& e) {
+    // The receipt must not fail for this: it says what is known.
+    spdlog::error("coordinator: reading the job's retrains for a receipt: {}", e.what());
+    return {{"in_progress", nullptr}, {"effect", std::string("unknown: the job's retrain records could not be read: ") + e.what()}};
+  }
+  if (running.empty()) {
+    return {{"in_progress", json::array()},
+            {"effect", "no retrain is running: a later one starts after this record is erased and never reads it"}};
+  }
+  return {{"in_progress", running},
+          {"effect", "retrain " + running[0].get<std::string>() +
+                         " started before this deletion and may have read the record; the models it trained forget "
+                         "it through their route (S3T: slice deactivation) before they are served"}};
 }
 
 void Coordinator::replay() {
@@ -308,6 +368,7 @@ void Coordinator::finish(const std::vector<storage::LedgerRequest>& requests,
   std::vector<std::pair<std::string, json>> newly_applied;
   std::vector<std::string> erase;
   std::unordered_set<std::string> seen;
+  const auto retrain = retrain_effect();
   for (std::size_t i = 0; i < requests.size(); ++i) {
     const auto& row = requests[i];
     // A request applied before a restart keeps the record outcomes it was applied with (its records
@@ -329,7 +390,8 @@ void Coordinator::finish(const std::vector<storage::LedgerRequest>& requests,
                     {"batch", {{"requests", outcome.request_ids.size()}, {"records_deleted", outcome.records_deleted}}},
                     {"models", outcome.models},
                     {"model_version", outcome.model_version},
-                    {"records_erased", erased}};
+                    {"records_erased", erased},
+                    {"retrain", retrain}};
     if (row.status == storage::RequestStatus::kQueued) newly_applied.emplace_back(row.id, receipt);
     receipts.push_back(std::move(receipt));
   }
@@ -405,6 +467,7 @@ void follow_coordinator(JobRouter& router, comm::Communicator& comm) {
       switch (command) {
         case kHeartbeat: break;
         case kBatch: (void)router.apply_batch({}, {}); break;
+        case kAdopt: (void)router.adopt_retrain(nullptr); break;
         case kStop: return;
         default:
           throw comm::CommError("rank " + std::to_string(comm.rank()) + ": unknown command " + std::to_string(command) +

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -93,6 +94,9 @@ class Coordinator {
   // completes every unfinished request, then tells the other ranks to stop.
   void run_until_idle();
 
+  // Called on the worker thread after each batch (e.g. a retrain policy); set before start().
+  void set_after_batch(std::function<void()> hook) { after_batch_ = std::move(hook); }
+
   // A request's receipt as stored, or built from its ledger row while it has none yet.
   [[nodiscard]] std::optional<nlohmann::json> receipt(const std::string& id) const;
   [[nodiscard]] CoordinatorMetrics metrics() const;
@@ -106,6 +110,10 @@ class Coordinator {
   void finish(const std::vector<storage::LedgerRequest>& requests, const std::vector<std::vector<ResolvedRecord>>& records,
               const BatchOutcome& outcome, PhaseTimes phases);
   void send_command(std::int64_t command);
+  // Rank 0: what a retrain running now means for the records of a batch (its receipts' "retrain").
+  [[nodiscard]] nlohmann::json retrain_effect() const;
+  // Rank 0: adopts a trained retrain when one waits (trainer/job_retrain.h); false when none did.
+  bool adopt_pending_retrain();
 
   JobRouter& router_;
   storage::Ledger& ledger_;
@@ -120,6 +128,7 @@ class Coordinator {
   CoordinatorMetrics metrics_;
   static constexpr std::chrono::seconds kScrubInterval{1};
   std::chrono::steady_clock::time_point last_scrub_{};  // worker thread only
+  std::function<void()> after_batch_;
   std::thread thread_;
 };
 

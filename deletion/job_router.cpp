@@ -10,7 +10,9 @@
 #include "storage/checkpoint_store.h"
 #include "storage/dataset.h"
 #include "storage/erasure.h"
+#include "trainer/frozen_backbone.h"
 #include "trainer/job.h"
+#include "trainer/job_retrain.h"
 #include "trainer/model_inputs.h"
 #include "trainer/routes.h"
 
@@ -47,13 +49,17 @@ std::string route_names() {
 json models_json(const trainer::JobManifest& manifest) {
   return {{"job_dir", manifest.dir.string()},
           {"model_version", manifest.model_version},
-          {"models", trainer::describe_routes(manifest)}};
+          {"models", trainer::describe_routes(manifest)},
+          {"retrain", trainer::describe_retrains(manifest)}};
 }
 
 JobRouter::JobRouter(fs::path job_dir, comm::Communicator& comm)
     : job_dir_(std::move(job_dir)), comm_(&comm), dataset_(std::make_unique<DatasetHolder>()) {
   auto manifest = std::make_shared<trainer::JobManifest>(trainer::open_trained_job(job_dir_, comm));
+  // A retrain adopted by a process that ended before purging what the old models left: finish it.
+  comm::on_root(comm, "finishing an earlier retrain's adoption", [&] { trainer::finish_adoption(*manifest); });
   auto loaded = trainer::load_job_routes(*manifest, comm, /*for_deletion=*/true);
+  backbone_ = loaded.backbone;
   dataset_->path = manifest->dataset.path;
   comm::on_root(comm, "reading the job's dataset layout", [&] {
     dataset_->feature_type = storage::Dataset::open(dataset_->path).layout().feature_type;
@@ -172,6 +178,61 @@ BatchOutcome JobRouter::apply_batch(const std::vector<ResolvedRecord>& records, 
   return outcome;
 }
 
+std::int64_t JobRouter::adopt_retrain(const trainer::RetrainRun* run) {
+  auto& comm = *comm_;
+  const auto snapshot = current();
+  std::optional<trainer::Adoption> adoption;
+  std::string planned;
+  comm::on_root(comm, "planning the retrain's adoption", [&] {
+    adoption = trainer::plan_adoption(*snapshot->manifest, *run, dataset());
+    planned = trainer::encode_job_manifest(adoption->next).dump();
+  });
+  auto next_manifest = std::make_shared<trainer::JobManifest>(
+      trainer::decode_job_manifest(nlohmann::json::parse(comm::broadcast_string(comm, planned)), job_dir_));
+  // The retrained routes, loaded from the planned manifest before anything is committed.
+  std::optional<storage::Dataset> reader;
+  comm::on_every_rank(comm, "opening the dataset", [&] {
+    if (comm.rank() != 0) reader.emplace(storage::Dataset::open(dataset_->path));
+  });
+  const storage::Dataset& data = comm.rank() == 0 ? dataset() : *reader;
+  auto next = std::make_shared<Snapshot>();
+  for (const auto& route : snapshot->routes) {
+    const auto name = std::string(route->name());
+    const bool retrained = next_manifest->routes.at(name) != snapshot->manifest->routes.at(name);
+    next->routes.push_back(retrained ? std::shared_ptr<const trainer::ModelRoute>(trainer::find_route_kind(name)->load(
+                                           trainer::RouteContext{*next_manifest, comm, backbone_, data, true}))
+                                     : route);
+  }
+  comm::on_root(comm, "committing the retrain's adoption", [&] { trainer::commit_job_manifest(adoption->next); });
+  next->manifest = next_manifest;
+  if (comm.rank() == 0) next_manifest->generation = adoption->next.generation;
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    snapshot_ = std::move(next);
+  }
+  if (comm.rank() != 0) return 0;
+  try {
+    trainer::finish_adoption(adoption->next);
+  } catch (const std::exception& e) {
+    // Idempotent: the next start of a writer finishes it (purging what the old models left).
+    spdlog::error("retrain {} adopted, but finishing it failed: {}; it is finished at the next start", run->id, e.what());
+  }
+  spdlog::info("adopted retrain {}: model version {}", run->id, adoption->next.model_version);
+  return adoption->next.model_version;
+}
+
+std::optional<trainer::RetrainRun> JobRouter::pending_retrain() const {
+  return trainer::pending_retrain(*current()->manifest);
+}
+
+json JobRouter::retrains() const { return trainer::describe_retrains(*current()->manifest); }
+
+std::vector<trainer::RetrainNeed> JobRouter::retrain_needs() const {
+  std::vector<trainer::RetrainNeed> needs;
+  for (const auto& route : current()->routes) needs.push_back(route->retrain_need());
+  return needs;
+}
+
 void JobRouter::purge(const std::vector<PurgeTarget>& targets) const {
   storage::CheckpointStore store(current()->manifest->checkpoints_path());
   std::map<std::string, std::vector<int>> by_series;
@@ -180,6 +241,8 @@ void JobRouter::purge(const std::vector<PurgeTarget>& targets) const {
 }
 
 std::int64_t JobRouter::model_version() const { return current()->manifest->model_version; }
+
+trainer::JobSettings JobRouter::settings() const { return current()->manifest->config; }
 
 json JobRouter::models_json() const { return deletion::models_json(*current()->manifest); }
 

@@ -16,6 +16,7 @@
 #include "comm/communicator.h"
 #include "deletion/record_resolution.h"
 #include "trainer/job_manifest.h"
+#include "trainer/job_retrain.h"
 #include "storage/dataset.h"
 #include "trainer/model_route.h"
 
@@ -55,6 +56,18 @@ class JobRouter {
   BatchOutcome apply_batch(const std::vector<ResolvedRecord>& records, const std::vector<std::string>& request_ids,
                            std::vector<std::pair<std::string, double>>* phases = nullptr);
 
+  // Collective. Rank 0 passes a trained retrain to adopt (trainer/job_retrain.h; other ranks pass
+  // nullptr): the retrained routes are loaded from the planned manifest, rank 0 commits it (the
+  // swap's commit point), every rank swaps the new routes in, and rank 0 purges what the old models
+  // leave behind. On failure nothing changes. Returns the new model version (rank 0).
+  std::int64_t adopt_retrain(const trainer::RetrainRun* run);
+  // Rank 0: the trained retrain waiting to be adopted, if any.
+  [[nodiscard]] std::optional<trainer::RetrainRun> pending_retrain() const;
+  // Rank 0: the job's retrains in progress and the last one (trainer::describe_retrains).
+  [[nodiscard]] nlohmann::json retrains() const;
+  // Rank 0: what a retrain would redo now, per route (for a retrain policy).
+  [[nodiscard]] std::vector<trainer::RetrainNeed> retrain_needs() const;
+
   // The manifest's last_batch when it lists `request_id`: that batch was committed (a crash came
   // before its requests were completed). Rank 0.
   [[nodiscard]] std::optional<BatchOutcome> committed_batch_of(const std::string& request_id) const;
@@ -89,6 +102,8 @@ class JobRouter {
   // Rank 0: every route's gauges, for /metrics.
   [[nodiscard]] std::vector<trainer::Gauge> gauges() const;
   [[nodiscard]] std::int64_t model_version() const;
+  // Rank 0: the job's settings as trained (the manifest's).
+  [[nodiscard]] trainer::JobSettings settings() const;
 
  private:
   struct Snapshot;
@@ -100,6 +115,7 @@ class JobRouter {
   std::filesystem::path job_dir_;
   comm::Communicator* comm_;
   std::shared_ptr<const Snapshot> snapshot_;
+  std::shared_ptr<trainer::FrozenBackbone> backbone_;  // shared by the routes; reloading one needs it
   mutable std::mutex snapshot_mutex_;
   struct DatasetHolder;
   std::unique_ptr<DatasetHolder> dataset_;

@@ -16,6 +16,7 @@ using nlohmann::json;
 namespace {
 
 constexpr std::string_view kDeletions = "/v1/deletions";
+constexpr std::string_view kRetrains = "/v1/retrain";
 
 http::Response method_not_allowed(std::string_view allowed) {
   auto response = http::json_error(405, "method_not_allowed", "use " + std::string(allowed) + " on this path");
@@ -186,9 +187,29 @@ std::string render_metrics(const CoordinatorMetrics& metrics, const JobRouter& r
   return out.str();
 }
 
+void apply_retrain_policy(const JobRouter& router, RetrainLauncher& retrains) {
+  const auto policy = router.settings().retrain;
+  if (policy.live_shards_below <= 0 && policy.served_depth_below <= 0) return;
+  for (const auto& need : router.retrain_needs()) {
+    if (!need.needed) continue;
+    const bool few = need.live < policy.live_shards_below;
+    const bool shallow = need.strength < policy.served_depth_below;
+    if (!few && !shallow) continue;
+    if (retrains.busy()) return;
+    try {
+      (void)retrains.start(few ? "policy: " + std::to_string(need.live) + " of " + std::to_string(need.parts) + " parts live, below " +
+                                     std::to_string(policy.live_shards_below)
+                               : "policy: served strength " + std::to_string(need.strength) + " below " +
+                                     std::to_string(policy.served_depth_below));
+    } catch (const RetrainRunning&) {
+    }
+    return;
+  }
+}
+
 http::Handler make_service_handler(Coordinator& coordinator, JobRouter& router, storage::Ledger& ledger,
-                                   ServerStatsSource server_stats) {
-  return [&coordinator, &router, &ledger, server_stats = std::move(server_stats)](const http::Request& request) -> http::Response {
+                                   RetrainLauncher& retrains, ServerStatsSource server_stats) {
+  return [&coordinator, &router, &ledger, &retrains, server_stats = std::move(server_stats)](const http::Request& request) -> http::Response {
     const auto& path = request.path;
     const auto& method = request.method;
     try {
@@ -209,6 +230,24 @@ http::Handler make_service_handler(Coordinator& coordinator, JobRouter& router, 
         const auto receipt = coordinator.receipt(id);
         if (!receipt) return http::json_error(404, "not_found", "no deletion request with id '" + id + "'");
         return http::json_response(200, *receipt);
+      }
+      if (path == kRetrains) {
+        if (method != "POST") return method_not_allowed("POST");
+        try {
+          const auto id = retrains.start("POST /v1/retrain");
+          auto response = http::json_response(202, {{"id", id}, {"status", "running"}, {"status_url", std::string(kRetrains) + "/" + id}});
+          response.headers.emplace_back("Location", std::string(kRetrains) + "/" + id);
+          return response;
+        } catch (const RetrainRunning& e) {
+          return http::json_error(409, "retrain_running", e.what());
+        }
+      }
+      if (path.size() > kRetrains.size() + 1 && path.compare(0, kRetrains.size() + 1, std::string(kRetrains) + "/") == 0) {
+        if (method != "GET") return method_not_allowed("GET");
+        const auto id = path.substr(kRetrains.size() + 1);
+        const auto status = retrains.status(id);
+        if (!status) return http::json_error(404, "not_found", "no retrain with id '" + id + "'");
+        return http::json_response(200, *status);
       }
       if (path == "/v1/models") {
         if (method != "GET") return method_not_allowed("GET");

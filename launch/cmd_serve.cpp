@@ -10,6 +10,7 @@
 
 #include "comm/communicator.h"
 #include "deletion/job_session.h"
+#include "deletion/retrain_launcher.h"
 #include "deletion/service.h"
 #include "http/auth.h"
 #include "http/server.h"
@@ -29,6 +30,10 @@ struct ServeArgs {
   int drain_s = 30;
   int http_threads = 2;
   std::string backend = "mpi";
+  // How the service starts a retrain (POST /v1/retrain, or the job's `retrain:` policy): a shell
+  // command with {lethe}, {job} and {id} replaced. The default trains on this machine in one
+  // process; a cluster puts its own launcher here (mpirun -np N ..., or srun/sbatch).
+  std::string retrain_command = "{lethe} retrain --job {job} --id {id} --no-wait";
 };
 
 std::pair<std::string, unsigned short> split_listen(const std::string& listen) {
@@ -80,7 +85,15 @@ void run(const ServeArgs& args) {
   server_options.request_timeout = std::chrono::seconds(args.request_timeout_s);
   server_options.threads = args.http_threads;
   std::unique_ptr<http::Server> server;
-  auto handler = deletion::make_service_handler(coordinator, session.router(), *session.ledger(),
+  deletion::RetrainLauncher retrains(args.job, args.retrain_command);
+  coordinator.set_after_batch([&] {
+    try {
+      deletion::apply_retrain_policy(session.router(), retrains);
+    } catch (const std::exception& e) {
+      spdlog::error("the retrain policy could not start a retrain: {}", e.what());
+    }
+  });
+  auto handler = deletion::make_service_handler(coordinator, session.router(), *session.ledger(), retrains,
                                                 [&server] { return server ? server->stats() : http::ServerStats{}; });
   server = std::make_unique<http::Server>(server_options, std::move(handler));
   try {
@@ -131,6 +144,10 @@ void install(CLI::App& app) {
   cmd->add_option("--drain", args->drain_s, "Seconds to let requests in flight finish on SIGTERM")->capture_default_str()->check(CLI::Range(0, 3600));
   cmd->add_option("--http-threads", args->http_threads, "HTTP server threads")->capture_default_str()->check(CLI::Range(1, 64));
   cmd->add_option("--backend", args->backend, "Communicator backend: mpi or nccl")->capture_default_str();
+  cmd->add_option("--retrain-command", args->retrain_command,
+                  "Shell command that runs one retrain ({lethe}, {job}, {id} replaced), e.g. "
+                  "\"mpirun -np 4 {lethe} retrain --job {job} --id {id} --no-wait\"")
+      ->capture_default_str();
   cmd->callback([args] { run(*args); });
 }
 

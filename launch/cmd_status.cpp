@@ -92,7 +92,9 @@ void install(CLI::App& app) {
       "Prints models (s3t: version, live_shards, per shard depth and served_sequence, retrain_pending;\n"
       "noisy_gd: version, records, steps_taken), deletions (queued, applied, completed, failed, pending ids,\n"
       "last_batch, clear_values: clear ids/subjects left in finished requests, 0 when the ledger keeps its\n"
-      "promise) and last_retrain (completed_ms, model_version, sequences_restored, shards_revived).\n"
+      "promise), retrain (in_progress: running retrains and their phase; last) and last_retrain (id,\n"
+      "started_ms, completed_ms, model_version, deleted_since_snapshot, routes: per model what the retrain\n"
+      "restored and what its adoption forgot).\n"
       "Takes no lock and writes nothing, so it runs beside `lethe serve`.");
   cmd->add_option("--job", *job, "Job directory written by `lethe train`")->required();
   cmd->callback([job] { std::cout << status_json(*job).dump(2) << std::endl; });

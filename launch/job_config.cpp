@@ -243,6 +243,14 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
   }
 
   check_noisy_gd(noisy_gd, c.noisy_gd);
+
+  auto retrain = top.child("retrain");
+  retrain.read("live_shards_below", c.retrain.live_shards_below, "an integer");
+  retrain.read("served_depth_below", c.retrain.served_depth_below, "a number");
+  retrain.reject_unknown_keys();
+  if (c.retrain.live_shards_below < 0) retrain.fail(retrain.key("live_shards_below"), "must be 0 (off) or more");
+  if (!(c.retrain.served_depth_below >= 0 && c.retrain.served_depth_below <= 1))
+    retrain.fail(retrain.key("served_depth_below"), "must lie in [0, 1] (0: off)");
   if (!c.s3t.enabled && !c.noisy_gd.enabled)
     top.fail("s3t.enabled", "is false and there is no noisy_gd section: the job would train nothing; add noisy_gd: or enable s3t");
 

@@ -3,13 +3,16 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <fstream>
+#include <thread>
 
 #include "comm/agree.h"
 #include "comm/in_process.h"
 #include "storage/dataset.h"
 #include "storage/durable_file.h"
 #include "storage/hashing.h"
+#include "storage/job_lock.h"
 #include "trainer/compute_threads.h"
 #include "trainer/ensemble.h"
 #include "trainer/error.h"
@@ -219,7 +222,23 @@ JobManifest open_trained_job(const fs::path& job_dir, comm::Communicator& comm) 
                                                    " does not exist; a job and its dataset move together (the manifest "
                                                    "stores the dataset's path relative to the job directory)");
     }
-    verify_dataset(manifest, storage::Dataset::open(manifest.dataset.path));
+    // A writer serving the job (a retrain opens it beside `lethe serve`) may be erasing a batch's
+    // rows as we read them: a mismatch then passes within moments, so it is retried while one holds
+    // the job (a dataset that really changed underneath still fails, after the retries).
+    for (int attempt = 1;; ++attempt) {
+      try {
+        verify_dataset(manifest, storage::Dataset::open(manifest.dataset.path));
+        break;
+      } catch (const TrainerError& e) {
+        constexpr int kAttempts = 20;
+        if (e.kind() != ErrorKind::kMismatch || attempt == kAttempts ||
+            !storage::JobLock::holder(job_dir, storage::JobLock::Kind::kWriter)) {
+          throw;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      manifest = read_job_manifest(job_dir);
+    }
     text = encode_job_manifest(manifest).dump();
   });
   text = comm::broadcast_string(comm, text);

@@ -74,7 +74,9 @@ json to_json(const JobSettings& s, const fs::path& base) {
                                         {"steps", n.train_steps},
                                         {"target_epsilon", n.target_epsilon},
                                         {"delta", n.delta ? json(*n.delta) : json()}}
-                                 : json()}};
+                                 : json()},
+          {"retrain", {{"live_shards_below", s.retrain.live_shards_below},
+                       {"served_depth_below", s.retrain.served_depth_below}}}};
 }
 
 JobSettings job_settings_from_json(const json& j, const fs::path& base, const std::string& origin) {
@@ -109,6 +111,10 @@ JobSettings job_settings_from_json(const json& j, const fs::path& base, const st
   }
   s.s3t.deletion_probabilities = s3t.get<std::vector<double>>("deletion_probabilities");
   s.s3t.horizon = s3t.get<int>("horizon");
+  if (r.has("retrain")) {
+    const auto retrain = r.child("retrain");
+    s.retrain = {retrain.get<int>("live_shards_below"), retrain.get<double>("served_depth_below")};
+  }
   if (!r.raw("noisy_gd").is_null()) {
     const auto n = r.child("noisy_gd");
     s.noisy_gd.enabled = true;
@@ -128,6 +134,7 @@ std::string config_digest(const JobSettings& settings) {
   json.erase("dataset");
   json.erase("test_dataset");
   json.erase("backbone");
+  json.erase("retrain");  // when a retrain starts changes nothing it trains
   const auto text = json.dump();
   const auto hash = storage::siphash24(0x6c657468655f6366ULL, 0x6f6e6669675f3031ULL,
                                        {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});

@@ -63,6 +63,13 @@ struct NoisyGdSettings {
   bool operator==(const NoisyGdSettings&) const = default;
 };
 
+// `retrain:` — when the service starts a retrain by itself (both off by default; either suffices).
+struct RetrainSettings {
+  int live_shards_below = 0;        // when fewer parts than this serve (S3T: live shards)
+  double served_depth_below = 0.0;  // when the served strength falls below this fraction (S3T: depth / L)
+  bool operator==(const RetrainSettings&) const = default;
+};
+
 // The whole job config. Paths are absolute once parsed (relative ones resolve against the file).
 struct JobSettings {
   std::filesystem::path source;        // the config file, for messages; not part of what is trained
@@ -78,6 +85,7 @@ struct JobSettings {
   PretrainSettings pretrain;
   S3TSettings s3t;
   NoisyGdSettings noisy_gd;
+  RetrainSettings retrain;
 };
 
 // Fills in what the other settings imply: model.sites (s3t.slices, or 1 without S3T), the

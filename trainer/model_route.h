@@ -64,6 +64,9 @@ struct RetrainNeed {
   bool needed = false;
   std::string reason;                               // for people: "3 of 4 shards dead"
   nlohmann::json detail = nlohmann::json::object();  // machine-readable, route-specific
+  int live = 0;             // parts of the model still serving (S3T: live shards)
+  int parts = 0;            // parts it has in all
+  double strength = 1.0;    // 0..1: how much of the model serves (S3T: mean served depth / L)
 };
 
 // One Prometheus gauge sample: `name{labels} value`.

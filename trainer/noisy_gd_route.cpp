@@ -82,7 +82,7 @@ class NoisyGdRoute final : public ModelRoute {
 
   [[nodiscard]] RetrainNeed retrain_need() const override {
     // A deletion either certifies or retrains on the spot: nothing is ever left for a retrain.
-    return {false, "deletions are certified by noisy steps or retrained at once", json::object()};
+    return {false, "deletions are certified by noisy steps or retrained at once", json::object(), 1, 1, 1.0};
   }
 
  private:
@@ -149,7 +149,7 @@ json train(const JobSettings& settings, comm::Communicator& comm, bool resume) {
 }  // namespace
 
 const RouteKind& noisy_gd_route_kind() {
-  static const RouteKind kind{kNoisyGdRouteName, configured, train, check_inputs, load, describe, nullptr};
+  static const RouteKind kind{kNoisyGdRouteName, configured, train, check_inputs, load, describe, nullptr, nullptr};
   return kind;
 }
 

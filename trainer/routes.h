@@ -12,10 +12,17 @@
 
 #include "comm/communicator.h"
 #include "trainer/job_manifest.h"
+#include "trainer/job_retrain.h"
 #include "trainer/job_settings.h"
 #include "trainer/model_route.h"
 
 namespace lethe::trainer {
+
+struct RouteAdoption {
+  nlohmann::json section;
+  std::vector<PurgeTarget> purge;
+  nlohmann::json report;  // what forgetting the records deleted meanwhile did
+};
 
 struct RouteKind {
   std::string_view name;
@@ -35,8 +42,16 @@ struct RouteKind {
   // beside a service).
   nlohmann::json (*describe)(const JobManifest& manifest, const nlohmann::json& section);
   // Collective, optional (null: deletions never leave this model in need of one). Restores the
-  // model to full strength on the remaining data and commits the manifest; returns its report.
-  nlohmann::json (*retrain)(JobManifest& manifest, comm::Communicator& comm) = nullptr;
+  // model to full strength on the records the snapshot left live, writing only new checkpoint
+  // series (never what the manifest serves). Returns (rank 0) {"section": the section it proposes,
+  // "report": {..., "retrained": bool}}.
+  nlohmann::json (*retrain)(const JobManifest& manifest, const RetrainSnapshot& snapshot, const std::string& id,
+                            comm::Communicator& comm) = nullptr;
+  // Rank 0, with retrain: the section to commit when adopting `result` into `current`, after
+  // forgetting `deleted_ids` (records deleted since the retrain's snapshot) through the route, and
+  // the checkpoints the adoption leaves behind (to purge once committed).
+  RouteAdoption (*adopt)(const JobManifest& current, const nlohmann::json& result, const std::vector<std::string>& deleted_ids,
+                         const storage::Dataset& dataset) = nullptr;
 };
 
 // Every registered route, in the order receipts, /v1/models and `lethe eval` list them.

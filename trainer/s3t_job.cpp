@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <unordered_set>
 
 #include "comm/agree.h"
 #include "storage/checkpoint_store.h"
@@ -75,10 +76,13 @@ S3TSection initial_section(const JobSettings& settings, const std::vector<SliceO
   return section;
 }
 
-// Every series' committed prefixes, and each plan's surviving prefix accordingly.
-void record_committed_prefixes(S3TSection& section, const storage::CheckpointStore& store) {
+// Every series' committed prefixes (or only those of `only`), and each plan's surviving prefix
+// accordingly.
+void record_committed_prefixes(S3TSection& section, const storage::CheckpointStore& store,
+                               const std::vector<std::pair<int, int>>& only) {
   for (auto& shard : section.shards) {
     for (auto& series : shard.series) {
+      if (!only.empty() && std::find(only.begin(), only.end(), std::pair(shard.shard, series.sequence)) == only.end()) continue;
       series.prefixes.clear();
       int depth = 0;
       for (const auto& [prefix, info] : committed_prefixes(store, series.name)) {
@@ -114,12 +118,15 @@ std::vector<std::pair<int, int>> jobs_for_rank(int shards, int sequences, int ra
   return jobs;
 }
 
-std::vector<ShardRecords> assign_records(const storage::Dataset& dataset, const JobSettings& settings) {
+std::vector<ShardRecords> assign_records(const storage::Dataset& dataset, const JobSettings& settings,
+                                         std::span<const std::uint64_t> exclude) {
   const auto& s3t = settings.s3t;
   storage::RecordFilter filter;
   filter.public_records = storage::PublicRecords::exclude;
   std::vector<ShardRecords> shards(static_cast<std::size_t>(s3t.shards));
-  const auto rows = dataset.select(filter);
+  const std::unordered_set<std::uint64_t> excluded(exclude.begin(), exclude.end());
+  auto rows = dataset.select(filter);
+  std::erase_if(rows, [&](std::uint64_t row) { return excluded.count(row) != 0; });
   for (const auto row : rows) {
     const auto a = dataset.assigner().assign(dataset.id(row), s3t.shards, s3t.slices);
     auto& shard = shards[static_cast<std::size_t>(a.shard)];
@@ -150,7 +157,7 @@ S3TRunReport run_s3t_job(const JobSettings& settings, comm::Communicator& comm, 
   set_compute_threads(settings.threads);
   const torch::Device device(settings.device == "cuda" ? torch::kCUDA : torch::kCPU);
   const ModelConfig model_config = job_model_config(settings, dataset);
-  const auto shard_records = assign_records(dataset, settings);
+  const auto shard_records = assign_records(dataset, settings, options.exclude_rows);
   const auto orders = select_sequences(s3t.selection, s3t.slices, s3t.sequences, s3t.deletion_probabilities, s3t.horizon);
 
   // Check the backbone against the config before anything is written.
@@ -172,7 +179,13 @@ S3TRunReport run_s3t_job(const JobSettings& settings, comm::Communicator& comm, 
                              {"tombstoned", dataset.tombstoned_count()},
                              {"dataset_seed", dataset.layout().seed}};
   S3TRunReport report;
-  const auto jobs = jobs_for_rank(s3t.shards, s3t.sequences, comm.rank(), comm.size());
+  auto jobs = jobs_for_rank(s3t.shards, s3t.sequences, comm.rank(), comm.size());
+  if (options.retrain_series) {
+    std::erase_if(jobs, [&](const auto& job) { return std::find(options.only.begin(), options.only.end(), job) == options.only.end(); });
+  }
+  const auto name_of = [&](int shard, int sequence) {
+    return options.retrain_series ? options.retrain_series(shard, sequence) : series_name(shard, sequence);
+  };
   report.jobs = static_cast<int>(jobs.size());
   const auto digest = config_digest(settings);
   const auto& optimizer = settings.training.optimizer;
@@ -187,7 +200,7 @@ S3TRunReport run_s3t_job(const JobSettings& settings, comm::Communicator& comm, 
       std::optional<ActivationCache> cache;
       for (; j < jobs.size() && jobs[j].first == shard; ++j) {
         const int sequence = jobs[j].second;
-        const auto name = series_name(shard, sequence);
+        const auto name = name_of(shard, sequence);
         const auto& order = orders[static_cast<std::size_t>(sequence)];
         const auto committed = committed_prefixes(store, name);
         if (!committed.empty() && !resume) {
@@ -261,19 +274,29 @@ S3TRunReport run_s3t_job(const JobSettings& settings, comm::Communicator& comm, 
   comm.allreduce({&total, 1, comm::DataType::kInt64}, comm::ReduceOp::kSum);
   report.total_samples = total;
   comm::on_root(comm, "writing the manifest", [&] {
+    if (options.retrained != nullptr) {
+      // A retrain: its snapshot's section (the manifest may have changed meanwhile) with the
+      // retrained sequences' new series; nothing committed.
+      auto& section = *options.retrained;
+      for (const auto& [k, b] : options.only) {
+        section.shards.at(static_cast<std::size_t>(k)).series.at(static_cast<std::size_t>(b)).name = name_of(k, b);
+      }
+      record_committed_prefixes(section, store, options.only);
+      return;
+    }
     auto manifest = read_job_manifest(settings.job_dir);
     auto section = decode_s3t_section(*manifest.section(kS3TRouteName), manifest.path().string());
-    record_committed_prefixes(section, store);
+    record_committed_prefixes(section, store, {});
     manifest.routes[kS3TRouteName] = encode_s3t_section(section);
-    if (options.before_manifest_commit) options.before_manifest_commit(manifest);
     commit_job_manifest(manifest);
   });
   report.digests = json::object();
   for (int k = 0; k < s3t.shards; ++k) {
     for (int b = 0; b < s3t.sequences; ++b) {
+      if (options.retrain_series && std::find(options.only.begin(), options.only.end(), std::pair(k, b)) == options.only.end()) continue;
       json list = json::array();
-      for (const auto& [prefix, info] : committed_prefixes(store, series_name(k, b))) list.push_back(info.digest);
-      report.digests[series_name(k, b)] = list;
+      for (const auto& [prefix, info] : committed_prefixes(store, name_of(k, b))) list.push_back(info.digest);
+      report.digests[name_of(k, b)] = list;
     }
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +25,7 @@ namespace lethe::trainer {
 
 struct PrefixState;       // trainer/s3t_trainer.h
 struct PrefixCheckpoint;  // trainer/s3t_state.h
+struct S3TSection;        // trainer/s3t_state.h
 
 // The (shard, sequence) jobs of `rank` among `world` ranks: shard-major order cut into contiguous
 // blocks, so a rank's sequences of one shard share one activation cache. Results never depend on it.
@@ -35,7 +37,8 @@ struct ShardRecords {
   std::vector<std::uint64_t> rows;
   std::vector<int> slice_of_record;
 };
-[[nodiscard]] std::vector<ShardRecords> assign_records(const storage::Dataset& dataset, const JobSettings& settings);
+[[nodiscard]] std::vector<ShardRecords> assign_records(const storage::Dataset& dataset, const JobSettings& settings,
+                                                      std::span<const std::uint64_t> exclude = {});
 
 // Loads P_i of `series` as the manifest records it; TrainerError (kMismatch) when the checkpoint's
 // digest is not the recorded one (it was replaced), StorageError when it fails verification.
@@ -58,9 +61,14 @@ struct S3TRunOptions {
   // Series continue after their last committed prefix (verified on load: a corrupt checkpoint is an
   // error naming it, and nothing committed is touched); without it, existing series are refused.
   bool resume = false;
-  // Rank 0 only, on the final manifest just before it is committed: its edits land in the same
-  // atomic write (a retrain's bookkeeping). An exception from it fails the run on every rank.
-  std::function<void(JobManifest&)> before_manifest_commit;
+  // A retrain: train only these (shard, sequence) pairs, into the series `retrain_series` names
+  // (new series: what a running service serves is never written), on the live records but
+  // `exclude_rows`; the manifest is not committed: `retrained` (rank 0) holds the S3T section of
+  // the retrain's snapshot on entry and the section the run reached on return.
+  std::vector<std::pair<int, int>> only;
+  std::function<std::string(int shard, int sequence)> retrain_series;
+  std::vector<std::uint64_t> exclude_rows;
+  S3TSection* retrained = nullptr;
 };
 
 // Collective. Trains every job of this rank into settings.job_dir, which prepare_job_dir

@@ -1,38 +1,36 @@
-// trainer/s3t_retrain.h — the S3T model's retrain (DESIGN.md §3): restores every truncated sequence
-// to full depth on the dataset's current live records, continuing from its surviving prefix.
+// trainer/s3t_retrain.h — the S3T model's retrain (DESIGN.md §3): every truncated sequence back to
+// full depth on the records its snapshot left live, continuing from its surviving prefix, trained
+// into a new checkpoint series per sequence so that a running service keeps serving the old ones;
+// and its adoption: the new section, minus what was deleted meanwhile.
 #pragma once
 
-#include <cstdint>
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "comm/communicator.h"
 #include "trainer/job_manifest.h"
+#include "trainer/job_retrain.h"
+#include "trainer/routes.h"
 
 namespace lethe::trainer {
 
-struct RetrainReport {
-  bool retrained = false;          // false: every sequence was at full depth and nothing was pending
-  int sequences_restored = 0;      // sequences found below full depth
-  std::vector<int> shards_revived;  // shards that were dead (no surviving prefix) or in retrain_pending
-  int checkpoints_purged = 0;      // committed prefixes above a surviving prefix, removed first
-  int steps_planned = 0;           // Σ (L − surviving prefix) over the truncated sequences
-  int steps_trained = 0;           // prefix steps trained, all ranks
-  std::int64_t samples = 0;        // training sample passes, all ranks
-  std::int64_t model_version = 0;  // the job's model version afterwards (raised by one if retrained)
-  double seconds = 0;              // wall time on rank 0
-  nlohmann::json digests;          // {series: [digest of P_1, ..., P_L]} after the retrain
-};
-[[nodiscard]] nlohmann::json to_json(const RetrainReport& report);
+// The checkpoint series retrain `id` trains sequence (shard, sequence) into.
+[[nodiscard]] std::string retrain_series_name(int shard, int sequence, const std::string& id);
 
-// Collective over `comm`; the caller holds the job lock (storage/job_lock.h) and opened the job
-// (trainer/job.h open_trained_job: `manifest` on every rank). With the manifest's plans as the
-// authority: purges every committed prefix checkpoint above a sequence's surviving prefix
-// (idempotent), trains steps surviving+1..L of every truncated sequence with the original seeds on
-// the dataset's live non-public records (run_s3t_job's resume path, spread over ranks as training
-// is), and commits one manifest with the plans at full depth, retrain_pending emptied, model_version
-// raised by one and last_retrain recorded. Nothing is written when nothing is truncated.
-RetrainReport retrain_s3t(JobManifest& manifest, comm::Communicator& comm);
+// Collective (RouteKind::retrain of S3T). Checks the plans against the config, copies each truncated
+// sequence's surviving prefixes into its new series, trains the remaining steps with the original
+// seeds (run_s3t_job's resume path, spread over ranks as training is) and returns (rank 0)
+// {"section": the S3T section at full depth on the new series, "report": {"retrained",
+// "sequences_restored", "shards_revived", "steps_planned", "steps_trained", "samples", "seconds",
+// "digests"}}. Writes nothing but the new series.
+[[nodiscard]] nlohmann::json retrain_s3t(const JobManifest& manifest, const RetrainSnapshot& snapshot, const std::string& id,
+                                         comm::Communicator& comm);
+
+// Rank 0 (RouteKind::adopt of S3T): the retrained section after forgetting `deleted_ids`, with every
+// version of the series it replaced and every new prefix a deleted record invalidated to purge.
+[[nodiscard]] RouteAdoption adopt_s3t(const JobManifest& current, const nlohmann::json& result,
+                                      const std::vector<std::string>& deleted_ids, const storage::Dataset& dataset);
 
 }  // namespace lethe::trainer

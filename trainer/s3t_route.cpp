@@ -144,6 +144,14 @@ class S3TRoute final : public ModelRoute {
     need.reason = std::to_string(dead.size()) + " of " + std::to_string(state_->section.shards.size()) +
                   " shards dead, " + std::to_string(truncated) + " sequences truncated";
     need.detail = {{"shards_dead", dead}, {"sequences_truncated", truncated}, {"steps", steps}};
+    need.parts = static_cast<int>(state_->section.shards.size());
+    need.live = need.parts - static_cast<int>(dead.size());
+    double depth = 0;
+    for (const auto& shard : state_->section.shards) {
+      const auto choice = serving_choice(shard.plan);
+      depth += choice ? static_cast<double>(choice->depth) / shard.plan.slices : 0.0;
+    }
+    need.strength = need.parts > 0 ? depth / need.parts : 1.0;
     return need;
   }
 
@@ -161,58 +169,10 @@ class S3TRoute final : public ModelRoute {
       change.section = encode_s3t_section(section);
       return change;
     }
-    const int shards = static_cast<int>(section.shards.size());
-    const int slices = section.shards.front().plan.slices;
-    std::vector<int> depth_before(section.shards.size(), 0);
-    std::map<int, std::vector<int>> sequence_depth_before;
-    for (const auto& shard : section.shards) {
-      const auto choice = serving_choice(shard.plan);
-      depth_before[static_cast<std::size_t>(shard.shard)] = choice ? choice->depth : 0;
-    }
-    std::map<int, std::map<int, int>> cut;  // shard -> sequence -> smallest invalidated step
-    for (const auto& id : batch.ids) {
-      const auto a = s.assigner->assign(id, shards, slices);
-      auto& plan = section.shards.at(static_cast<std::size_t>(a.shard)).plan;
-      if (sequence_depth_before.count(a.shard) == 0) {
-        for (const auto& sequence : plan.sequences) sequence_depth_before[a.shard].push_back(sequence.surviving_prefix);
-      }
-      for (const auto& truncation : apply_deletion(plan, a.slice).sequences) {
-        auto& step = cut[a.shard][truncation.sequence];
-        step = step == 0 ? truncation.slice_position : std::min(step, truncation.slice_position);
-      }
-    }
     const storage::CheckpointStore store(s.checkpoints);
-    for (const auto& [k, sequences] : cut) {
-      auto& shard = section.shards[static_cast<std::size_t>(k)];
-      json effects = json::array();
-      for (const auto& [b, first_invalid] : sequences) {
-        auto& series = shard.series[static_cast<std::size_t>(b)];
-        json purged = json::array();
-        // Every committed version at or above the cut, also those a crash left unlisted.
-        for (const auto& info : store.versions(series.name)) {
-          if (info.metadata.value("prefix", 0) >= first_invalid) {
-            change.purge.push_back({series.name, info.version});
-            purged.push_back(series.name + "/v" + std::to_string(info.version));
-          }
-        }
-        std::erase_if(series.prefixes, [&](const PrefixCheckpoint& p) { return p.prefix >= first_invalid; });
-        effects.push_back({{"sequence", b},
-                           {"depth_before", sequence_depth_before[k][static_cast<std::size_t>(b)]},
-                           {"depth_after", shard.plan.sequences[static_cast<std::size_t>(b)].surviving_prefix},
-                           {"checkpoints_purged", purged}});
-      }
-      const auto choice = serving_choice(shard.plan);
-      const bool dead = !choice;
-      auto& pending = section.retrain_pending;
-      if (dead && std::find(pending.begin(), pending.end(), k) == pending.end()) pending.push_back(k);
-      change.receipt["shards"].push_back({{"shard", k},
-                                          {"sequences", effects},
-                                          {"served_depth_before", depth_before[static_cast<std::size_t>(k)]},
-                                          {"served_depth_after", choice ? choice->depth : 0},
-                                          {"served_sequence", choice ? json(choice->sequence) : json(nullptr)},
-                                          {"live", !dead},
-                                          {"full_retrain_scheduled", dead}});
-    }
+    auto truncation = truncate_section(section, batch.ids, *s.assigner, store);
+    change.receipt["shards"] = std::move(truncation.shards);
+    change.purge = std::move(truncation.purge);
     next->members = load_members(section, store, s.members);
     change.next = std::make_shared<S3TRoute>(next);
     change.section = encode_s3t_section(section);
@@ -298,12 +258,12 @@ json train(const JobSettings& settings, comm::Communicator& comm, bool resume) {
           {"digests", report.digests}};
 }
 
-json retrain(JobManifest& manifest, comm::Communicator& comm) { return to_json(retrain_s3t(manifest, comm)); }
+
 
 }  // namespace
 
 const RouteKind& s3t_route_kind() {
-  static const RouteKind kind{kS3TRouteName, configured, train, check_inputs, load, describe, retrain};
+  static const RouteKind kind{kS3TRouteName, configured, train, check_inputs, load, describe, retrain_s3t, adopt_s3t};
   return kind;
 }
 

@@ -9,7 +9,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "trainer/job_manifest.h"
 #include "trainer/s3t_plan.h"
+
+namespace lethe::storage {
+class RecordAssigner;   // storage/record_assignment.h
+class CheckpointStore;  // storage/checkpoint_store.h
+}  // namespace lethe::storage
 
 namespace lethe::trainer {
 
@@ -24,7 +30,7 @@ struct PrefixCheckpoint {
 
 struct S3TSeries {
   int sequence = 0;
-  std::string name;  // checkpoint series, series_name(shard, sequence)
+  std::string name;  // checkpoint series: series_name(shard, sequence), or a retrain's (is_series_of)
   std::vector<PrefixCheckpoint> prefixes;  // ascending by prefix
   [[nodiscard]] const PrefixCheckpoint* find(int prefix) const;
   bool operator==(const S3TSeries&) const = default;
@@ -43,6 +49,20 @@ struct S3TSection {
 
 // The checkpoint series of one (shard, sequence): "shard<k>-seq<b>".
 [[nodiscard]] std::string series_name(int shard, int sequence);
+// Whether `name` is a series of (shard, sequence): series_name's, or a retrain's (its name + "-r<id>").
+[[nodiscard]] bool is_series_of(const std::string& name, int shard, int sequence);
+
+// What deleting records did to a section (truncate_section): per touched shard the receipt's
+// effect, and the checkpoint versions that carry a deleted record.
+struct Truncation {
+  nlohmann::json shards = nlohmann::json::array();
+  std::vector<PurgeTarget> purge;
+};
+// Cuts every sequence of each record's shard before the record's slice (DESIGN.md §3), drops the
+// invalidated prefixes from the section and lists every version at or above a cut in `store` for
+// purging (also versions a crash left out of the section); dead shards join retrain_pending.
+[[nodiscard]] Truncation truncate_section(S3TSection& section, const std::vector<std::string>& ids,
+                                          const storage::RecordAssigner& assigner, const storage::CheckpointStore& store);
 
 [[nodiscard]] nlohmann::json encode_s3t_section(const S3TSection& section);
 // TrainerError (kDamaged) naming `origin` and the field when the section is malformed or its plans

@@ -96,12 +96,12 @@ inline std::string read_text(const fs::path& path) {
   return {std::istreambuf_iterator<char>(in), {}};
 }
 
-// Content of every regular file under `root`, to prove a command changed nothing. The job lock file
-// is left out: every writer that takes the lock records itself there (storage/job_lock.h).
+// Content of every regular file under `root`, to prove a command changed nothing. The lock files
+// are left out: every process that takes one records itself there (storage/job_lock.h).
 inline std::map<std::string, std::string> snapshot(const fs::path& root) {
   std::map<std::string, std::string> files;
   for (const auto& e : fs::recursive_directory_iterator(root)) {
-    if (!e.is_regular_file() || e.path().filename() == ".lock") continue;
+    if (!e.is_regular_file() || e.path().filename() == ".lock" || e.path().filename() == ".retrain.lock") continue;
     files[e.path().string()] = read_text(e.path());
   }
   return files;

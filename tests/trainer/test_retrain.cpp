@@ -136,16 +136,18 @@ TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
   const auto report = json_of(r);
   EXPECT_EQ(report.at("ranks"), 2);
   EXPECT_EQ(report.at("retrained"), true);
+  EXPECT_EQ(report.at("adopted_by"), "lethe retrain");  // nobody else held the job
+  const auto id = report.at("id").get<std::string>();
   const auto& s3t = report.at("s3t");
   EXPECT_EQ(s3t.at("sequences_restored"), 6);
   EXPECT_EQ(s3t.at("shards_revived"), json::array({1}));
-  EXPECT_EQ(s3t.at("checkpoints_purged"), 9);  // shard 1's, left by the "crashed" coordinator
   EXPECT_EQ(s3t.at("steps_planned"), (2 + 3 + 1) + 9);
   EXPECT_EQ(s3t.at("steps_trained"), (2 + 3 + 1) + 9);
   EXPECT_EQ(report.at("model_version"), 1);
+  EXPECT_EQ(report.at("adoption").at("deleted_since_snapshot"), 0);
   EXPECT_GT(report.at("seconds").get<double>(), 0.0);
 
-  // Full depth, nothing pending, a new model version.
+  // Full depth, nothing pending, a new model version; the retrain's record says adopted.
   const auto manifest = load_manifest(job);
   EXPECT_EQ(manifest.at("status"), "trained");
   EXPECT_EQ(s3t_of(manifest).at("retrain_pending"), json::array());
@@ -154,14 +156,31 @@ TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
   for (const auto& shard : manifest_s3t.at("shards")) {
     for (const auto& s : shard.at("plan").at("sequences")) EXPECT_EQ(s.at("surviving_prefix"), shape.slices);
   }
+  const auto record = json::parse(read_text(job / "retrain" / (id + ".json")));
+  EXPECT_EQ(record.at("status"), "adopted");
+  EXPECT_EQ(record.at("model_version"), 1);
+
+  // Each sequence is served from the series its retrain wrote (every sequence but shard 0's third
+  // was truncated), and the series it replaced are gone, with shard 1's checkpoints the "crashed"
+  // coordinator had left.
+  const CheckpointStore store(job / "checkpoints");
+  const auto served_series = [&](int k, int b) {
+    return manifest_s3t.at("shards")[k].at("series")[b].at("name").get<std::string>();
+  };
+  for (int k = 0; k < shape.shards; ++k) {
+    for (int b = 0; b < shape.sequences; ++b) {
+      const bool restored = depth_before[static_cast<std::size_t>(k)][static_cast<std::size_t>(b)] < shape.slices;
+      EXPECT_EQ(served_series(k, b), restored ? series_name(k, b) + "-r" + id : series_name(k, b));
+      if (restored) EXPECT_TRUE(store.versions(series_name(k, b)).empty()) << series_name(k, b) << " was not purged";
+    }
+  }
 
   // No committed checkpoint counts an erased record: each one's record count and records digest are
   // those of the live records of its slices now.
-  const CheckpointStore store(job / "checkpoints");
   for (int k = 0; k < shape.shards; ++k) {
     for (int b = 0; b < shape.sequences; ++b) {
-      const auto versions = store.versions(series_name(k, b));
-      ASSERT_EQ(versions.size(), static_cast<std::size_t>(shape.slices)) << series_name(k, b);
+      const auto versions = store.versions(served_series(k, b));
+      ASSERT_EQ(versions.size(), static_cast<std::size_t>(shape.slices)) << served_series(k, b);
       for (const auto& info : versions) {
         const auto slices = info.metadata.at("slices").get<std::vector<int>>();
         const auto ids = records_in(dataset, shape.shards, shape.slices, k, {slices.begin(), slices.end()});
@@ -171,20 +190,19 @@ TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
     }
   }
 
-  // The strong check: a fresh run of the same config on the erased dataset. Retrained prefixes have
-  // the same digests. Surviving prefixes have the same tensors, bit for bit; their digests differ only
-  // because their metadata truthfully records the data version they were trained on (before erasure).
+  // The strong check: a fresh run of the same config on the erased dataset. Every prefix has the same
+  // tensors, bit for bit; the surviving ones' metadata differs only in the data version they were
+  // trained on (before erasure), which it truthfully records.
   const auto fresh = train(config, dir_ / "fresh");
   ASSERT_EQ(fresh.status, 0) << fresh.out;
-  const auto fresh_digests = json_of(fresh).at("s3t").at("digests");
-  EXPECT_EQ(s3t.at("digests").size(), fresh_digests.size());
   const CheckpointStore fresh_store(dir_ / "fresh" / "checkpoints");
   for (int k = 0; k < shape.shards; ++k) {
     for (int b = 0; b < shape.sequences; ++b) {
+      const auto ours_name = served_series(k, b);
       const auto name = series_name(k, b);
       for (int prefix = 1; prefix <= shape.slices; ++prefix) {
         const auto i = static_cast<std::size_t>(prefix - 1);
-        const auto ours = store.load(name, store.versions(name)[i].version);
+        const auto ours = store.load(ours_name, store.versions(ours_name)[i].version);
         const auto theirs = fresh_store.load(name, fresh_store.versions(name)[i].version);
         ASSERT_EQ(ours.info.metadata.at("prefix"), prefix);
         ASSERT_EQ(ours.tensors.size(), theirs.tensors.size());
@@ -192,15 +210,13 @@ TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
           EXPECT_EQ(ours.tensors[t].name, theirs.tensors[t].name);
           EXPECT_TRUE(ours.tensors[t].bytes == theirs.tensors[t].bytes) << name << " P_" << prefix << " " << ours.tensors[t].name;
         }
-        if (prefix > depth_before[static_cast<std::size_t>(k)][static_cast<std::size_t>(b)]) {
-          EXPECT_EQ(s3t.at("digests").at(name)[i], fresh_digests.at(name)[i]) << name << " P_" << prefix;
-        } else {
-          auto a = ours.info.metadata, c = theirs.info.metadata;
+        auto a = ours.info.metadata, c = theirs.info.metadata;
+        if (prefix <= depth_before[static_cast<std::size_t>(k)][static_cast<std::size_t>(b)]) {
           EXPECT_NE(a.at("data_version"), c.at("data_version"));
-          a.erase("data_version");
-          c.erase("data_version");
-          EXPECT_EQ(a, c) << name << " P_" << prefix;
         }
+        a.erase("data_version");
+        c.erase("data_version");
+        EXPECT_EQ(a, c) << name << " P_" << prefix;
       }
     }
   }
@@ -215,18 +231,26 @@ TEST_F(Retrain, RestoresFullDepthExactlyAsAFreshRunOnTheRemainingData) {
   ASSERT_EQ(fe.status, 0) << fe.out;
   EXPECT_EQ(ej.at("accuracy"), json_of(fe).at("accuracy"));
 
-  // Nothing left to do: a second retrain writes nothing (but the lock file's holder line) and keeps
-  // the model version.
-  const auto before = snapshot(job);
+  // Nothing left to do: a second retrain changes nothing but its own record (and its lock file's
+  // holder line), and keeps the model version.
+  const auto models_only = [&] {
+    auto files = snapshot(job);
+    std::erase_if(files, [&](const auto& f) { return f.first.find("/retrain/") != std::string::npos; });
+    return files;
+  };
+  const auto before = models_only();
   const auto again = run_command(lethe_cmd() + " retrain --job " + job.string());
   ASSERT_EQ(again.status, 0) << again.out;
   EXPECT_EQ(json_of(again).at("retrained"), false);
+  EXPECT_EQ(json_of(again).at("adopted_by"), "nobody: nothing to retrain");
   EXPECT_EQ(json_of(again).at("model_version"), 1);
-  EXPECT_NE(read_text(job / ".lock").find("lethe retrain"), std::string::npos);
-  EXPECT_TRUE(snapshot(job) == before) << "a retrain with nothing to do changed the job directory";
+  EXPECT_EQ(json::parse(read_text(job / "retrain" / (json_of(again).at("id").get<std::string>() + ".json"))).at("status"),
+            "nothing_to_do");
+  EXPECT_NE(read_text(job / ".retrain.lock").find("lethe retrain"), std::string::npos);
+  EXPECT_TRUE(models_only() == before) << "a retrain with nothing to do changed the job";
 }
 
-TEST_F(Retrain, RefusesWhileAnotherWriterHoldsTheJobOrItsConfigWasEdited) {
+TEST_F(Retrain, TrainsBesideAWriterRefusesASecondRetrainAndAnEditedConfig) {
   const JobShape shape{1, 2, 1, 1};
   const auto config = write_config("job.yaml", shape);
   ASSERT_EQ(pretrain(config).status, 0);
@@ -237,19 +261,39 @@ TEST_F(Retrain, RefusesWhileAnotherWriterHoldsTheJobOrItsConfigWasEdited) {
   apply_deletions(job, lethe::storage::Dataset::open(dir_ / "train.h5"), {victim}, 1, 2, {0});
 
   {
-    const lethe::storage::JobLock held(job, "lethe serve");
+    // Another retrain runs: refused, naming it, and nothing changes.
+    const lethe::storage::JobLock other(job, "lethe retrain (the other one)", lethe::storage::JobLock::Kind::kRetrain);
     const auto before = snapshot(job);
     const auto r = run_command(lethe_cmd() + " retrain --job " + job.string());
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.out.find("lethe: error:"), std::string::npos) << r.out;
-    EXPECT_NE(r.out.find("in use by lethe serve"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("already running: lethe retrain (the other one) (pid "), std::string::npos) << r.out;
     EXPECT_TRUE(snapshot(job) == before) << "a refused retrain changed the job directory";
   }
-  // Once the writer is gone, the same command succeeds.
-  const auto r = run_command(lethe_cmd() + " retrain --job " + job.string());
-  ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_EQ(json_of(r).at("s3t").at("sequences_restored"), 1);
+  std::string trained_id;
+  {
+    // A writer (`lethe serve`) holds the job: the retrain trains beside it and leaves the adoption to
+    // it (--no-wait: without it, it would wait for that); the served models do not change.
+    const lethe::storage::JobLock held(job, "lethe serve");
+    const auto manifest_before = read_text(job_manifest_path(job));
+    const auto r = run_command(lethe_cmd() + " retrain --no-wait --job " + job.string());
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(json_of(r).at("adopted_by"), "the job's writer");
+    EXPECT_EQ(json_of(r).at("model_version"), 0);
+    trained_id = json_of(r).at("id").get<std::string>();
+    EXPECT_EQ(json::parse(read_text(job / "retrain" / (trained_id + ".json"))).at("status"), "trained");
+    EXPECT_EQ(read_text(job_manifest_path(job)), manifest_before) << "the retrain changed what the writer serves";
+    const auto status = json_of(run_command(lethe_cmd() + " status --job " + job.string()));
+    EXPECT_EQ(status.at("retrain").at("in_progress").at(0).at("id"), trained_id);
+    EXPECT_EQ(status.at("retrain").at("in_progress").at(0).at("phase"), "adopting");
+  }
+  // Once the writer is gone, the next writer adopts it: here `lethe delete --job` (a deletion of a
+  // record that does not exist, which changes nothing else).
+  const auto d = run_command(lethe_cmd() + " delete --job " + job.string() + " --record no-such-record");
+  ASSERT_EQ(d.status, 0) << d.out;
   EXPECT_EQ(load_manifest(job).at("model_version"), 1);
+  EXPECT_EQ(load_manifest(job).at("last_retrain").at("details").at("id"), trained_id);
+  EXPECT_EQ(json::parse(read_text(job / "retrain" / (trained_id + ".json"))).at("status"), "adopted");
 
   // A config.json that no longer matches the run (edited) is refused before anything is purged.
   apply_deletions(job, lethe::storage::Dataset::open(dir_ / "train.h5"), {victim}, 1, 2, {});

@@ -123,7 +123,11 @@ TEST_F(StatusCli, BeforeAndAfterABatchDeletionAndARetrain) {
   const auto& last = after_retrain.at("last_retrain");
   ASSERT_TRUE(last.is_object()) << after_retrain.dump();
   EXPECT_EQ(last.at("model_version"), 2);
-  EXPECT_EQ(last.at("sequences_restored"), json_of(retrained).at("s3t").at("sequences_restored"));
+  EXPECT_EQ(last.at("id"), json_of(retrained).at("id"));
+  EXPECT_EQ(last.at("routes").at("s3t").at("retrain").at("sequences_restored"),
+            json_of(retrained).at("s3t").at("sequences_restored"));
+  EXPECT_EQ(after_retrain.at("retrain").at("last").at("model_version"), 2);
+  EXPECT_EQ(after_retrain.at("retrain").at("in_progress"), json::array());
   EXPECT_GT(last.at("completed_ms").get<std::int64_t>(), after_retrain.at("deletions").at("last_batch").at("completed_ms").get<std::int64_t>());
 }
 

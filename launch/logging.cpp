@@ -10,8 +10,11 @@ namespace lethe::launch {
 namespace {
 
 const char* launcher_rank_text() {
-  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
-  return rank ? rank : std::getenv("PMI_RANK");
+  // mpirun (Open MPI), PMI-2 launchers (MPICH's, srun --mpi=pmi2), PMIx ones (srun --mpi=pmix).
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"}) {
+    if (const char* rank = std::getenv(name)) return rank;
+  }
+  return nullptr;
 }
 
 }  // namespace

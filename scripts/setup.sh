@@ -20,6 +20,8 @@ packages=(
   libssl-dev zlib1g-dev
   dataset-fashion-mnist
   python3 python3-numpy python3-h5py python3-matplotlib python3-torch
+  # tests/slurm runs launch/slurm/*.sbatch on a one-node SLURM cluster it starts (sbatch, srun: slurm-client)
+  slurmd slurmctld slurm-client munge
 )
 
 missing=()

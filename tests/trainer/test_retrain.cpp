@@ -16,6 +16,7 @@
 #include "storage/record_assignment.h"
 #include "tests/trainer/cli_job_fixture.h"
 #include "trainer/job_manifest.h"
+#include "trainer/job_retrain.h"
 #include "trainer/s3t_plan.h"
 #include "trainer/s3t_state.h"
 
@@ -256,7 +257,8 @@ TEST_F(Retrain, TrainsBesideAWriterRefusesASecondRetrainAndAnEditedConfig) {
   ASSERT_EQ(pretrain(config).status, 0);
   const auto job = dir_ / "run";
   ASSERT_EQ(train(config, job).status, 0);
-  const auto victim = records_in(lethe::storage::Dataset::open(dir_ / "train.h5"), 1, 2, 0, {1}).at(0);
+  const auto slice1 = records_in(lethe::storage::Dataset::open(dir_ / "train.h5"), 1, 2, 0, {1});
+  const auto victim = slice1.at(0), second_victim = slice1.at(1);
   ASSERT_EQ(lethe::storage::erase_records(dir_ / "train.h5", std::vector<std::string>{victim}).erased.size(), 1u);
   apply_deletions(job, lethe::storage::Dataset::open(dir_ / "train.h5"), {victim}, 1, 2, {0});
 
@@ -294,6 +296,39 @@ TEST_F(Retrain, TrainsBesideAWriterRefusesASecondRetrainAndAnEditedConfig) {
   EXPECT_EQ(load_manifest(job).at("model_version"), 1);
   EXPECT_EQ(load_manifest(job).at("last_retrain").at("details").at("id"), trained_id);
   EXPECT_EQ(json::parse(read_text(job / "retrain" / (trained_id + ".json"))).at("status"), "adopted");
+
+  // A writer that dies right after the swap's commit (before purging what the old models left and
+  // recording the retrain adopted): the next writer finishes the adoption, and nothing is adopted twice.
+  ASSERT_EQ(lethe::storage::erase_records(dir_ / "train.h5", std::vector<std::string>{second_victim}).erased.size(), 1u);
+  apply_deletions(job, lethe::storage::Dataset::open(dir_ / "train.h5"), {second_victim}, 1, 2, {0});
+  std::string swapped_id;
+  std::vector<std::string> replaced;
+  {
+    const lethe::storage::JobLock held(job, "lethe serve");
+    const auto r = run_command(lethe_cmd() + " retrain --no-wait --job " + job.string());
+    ASSERT_EQ(r.status, 0) << r.out;
+    swapped_id = json_of(r).at("id").get<std::string>();
+    const auto current = read_job_manifest(job);
+    for (const auto& series : s3t_of(encode_job_manifest(current)).at("shards")[0].at("series")) {
+      replaced.push_back(series.at("name").get<std::string>());
+    }
+    const auto run = find_retrain_run(job, swapped_id);
+    ASSERT_TRUE(run.has_value());
+    auto adoption = plan_adoption(current, *run, lethe::storage::Dataset::open(dir_ / "train.h5"));
+    commit_job_manifest(adoption.next);  // ... and the writer is gone
+  }
+  EXPECT_EQ(json::parse(read_text(job / "retrain" / (swapped_id + ".json"))).at("status"), "trained");
+  const auto finisher = run_command(lethe_cmd() + " delete --job " + job.string() + " --record no-such-record");
+  ASSERT_EQ(finisher.status, 0) << finisher.out;
+  const auto finished = json::parse(read_text(job / "retrain" / (swapped_id + ".json")));
+  EXPECT_EQ(finished.at("status"), "adopted");
+  EXPECT_EQ(finished.at("model_version"), 2);
+  EXPECT_EQ(load_manifest(job).at("model_version"), 2);
+  const CheckpointStore store(job / "checkpoints");
+  for (const auto& name : replaced) {
+    const bool still_served = load_manifest(job).dump().find("\"" + name + "\"") != std::string::npos;
+    if (!still_served) EXPECT_TRUE(store.versions(name).empty()) << name << " outlived the adoption that replaced it";
+  }
 
   // A config.json that no longer matches the run (edited) is refused before anything is purged.
   apply_deletions(job, lethe::storage::Dataset::open(dir_ / "train.h5"), {victim}, 1, 2, {});

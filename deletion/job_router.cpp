@@ -185,10 +185,14 @@ std::int64_t JobRouter::adopt_retrain(const trainer::RetrainRun* run) {
   std::string planned;
   comm::on_root(comm, "planning the retrain's adoption", [&] {
     adoption = trainer::plan_adoption(*snapshot->manifest, *run, dataset());
-    planned = trainer::encode_job_manifest(adoption->next).dump();
+    json message = {{"manifest", trainer::encode_job_manifest(adoption->next)}, {"retrained", json::array()}};
+    for (const auto& [name, result] : run->routes.items()) message["retrained"].push_back(name);
+    planned = message.dump();
   });
-  auto next_manifest = std::make_shared<trainer::JobManifest>(
-      trainer::decode_job_manifest(nlohmann::json::parse(comm::broadcast_string(comm, planned)), job_dir_));
+  // Rank 0 decides which routes are reloaded: only its copy of the manifest is authoritative.
+  const auto message = json::parse(comm::broadcast_string(comm, planned));
+  auto next_manifest = std::make_shared<trainer::JobManifest>(trainer::decode_job_manifest(message.at("manifest"), job_dir_));
+  const auto retrained_routes = message.at("retrained").get<std::vector<std::string>>();
   // The retrained routes, loaded from the planned manifest before anything is committed.
   std::optional<storage::Dataset> reader;
   comm::on_every_rank(comm, "opening the dataset", [&] {
@@ -198,7 +202,7 @@ std::int64_t JobRouter::adopt_retrain(const trainer::RetrainRun* run) {
   auto next = std::make_shared<Snapshot>();
   for (const auto& route : snapshot->routes) {
     const auto name = std::string(route->name());
-    const bool retrained = next_manifest->routes.at(name) != snapshot->manifest->routes.at(name);
+    const bool retrained = std::find(retrained_routes.begin(), retrained_routes.end(), name) != retrained_routes.end();
     next->routes.push_back(retrained ? std::shared_ptr<const trainer::ModelRoute>(trainer::find_route_kind(name)->load(
                                            trainer::RouteContext{*next_manifest, comm, backbone_, data, true}))
                                      : route);

@@ -47,9 +47,12 @@ class RetrainServing : public CliJobTest {
   [[nodiscard]] virtual std::string extra_config() const { return ""; }
   [[nodiscard]] fs::path job() const { return dir_ / "run"; }
 
-  ServiceProcess serve() {
-    return ServiceProcess(std::string(LETHE_BINARY) + " serve --job " + job().string() + " --listen 127.0.0.1:0 --token-file " +
-                              (dir_ / "token").string(),
+  // `ranks` > 1: the service, and the retrains it starts, under mpiexec.
+  ServiceProcess serve(int ranks = 1) {
+    const auto launcher = ranks > 1 ? mpiexec(ranks) : std::string();
+    return ServiceProcess(launcher + std::string(LETHE_BINARY) + " serve --job " + job().string() +
+                              " --listen 127.0.0.1:0 --token-file " + (dir_ / "token").string() +
+                              (ranks > 1 ? " --retrain-command '" + launcher + "{lethe} retrain --job {job} --id {id} --no-wait'" : ""),
                           dir_ / "serve.log");
   }
 
@@ -305,6 +308,42 @@ TEST_F(RetrainPolicy, StartsARetrainWhenLiveShardsFallBelowTheThreshold) {
   EXPECT_NE(status.at("started_by").get<std::string>().find("policy: 1 of 2 parts live, below 2"), std::string::npos) << status.dump();
   expect_no_deleted_record_served();
   EXPECT_EQ(service.terminate(), 0);
+}
+
+// Two ranks, both routes (as the demo): the retrained S3T route is reloaded on every rank, the
+// noisy-GD route, which no retrain touches, stays as it is on every rank.
+class RetrainTwoRanks : public RetrainServing {
+ protected:
+  [[nodiscard]] std::string extra_config() const override {
+    return "noisy_gd: {lambda: 0.05, sigma: 0.05, steps: 60, target_epsilon: 1.0}\n";
+  }
+};
+
+TEST_F(RetrainTwoRanks, AdoptsOnEveryRankAndServesBothModels) {
+  auto service = serve(2);
+  auto client = service.client(kToken);
+  std::set<std::string> taken;
+  std::vector<std::string> shard0;
+  for (int slice = 0; slice < kSlices; ++slice) shard0.push_back(record_in(0, slice, taken));
+  delete_records(client, shard0);
+  const auto started = client.request("POST", "/v1/retrain", "");
+  ASSERT_EQ(started.status, 202) << started.body;
+  const auto id = json::parse(started.body).at("id").get<std::string>();
+  delete_records(client, {record_in(1, 1, taken)});  // during the retrain, or before it: either way forgotten
+  const auto done = wait_for_retrain(client, id);
+  ASSERT_EQ(done.at("status"), "completed") << done.dump(2) << service.log_text();
+  const auto models = get(client, "/v1/models");
+  EXPECT_EQ(models.at("models")[0].at("live_shards"), kShards);
+  // Both models answer (a rank that disagreed with rank 0 about the swap would have ended the job).
+  const json row = json::array({std::vector<int>(36, 100)});
+  for (const char* model : {"s3t", "noisy_gd"}) {
+    const auto answer = client.request("POST", "/v1/predict", json{{"inputs", row}, {"model", model}}.dump());
+    EXPECT_EQ(answer.status, 200) << model << ": " << answer.body;
+  }
+  delete_records(client, {record_in(1, 2, taken)});
+  expect_no_deleted_record_served();
+  (void)service.terminate();  // mpiexec answers a forwarded SIGTERM with 1 however the ranks end
+  EXPECT_NE(service.log_text().find("stopped cleanly"), std::string::npos) << service.log_text();
 }
 
 }  // namespace

@@ -6,9 +6,11 @@
 #  4. evaluate both, and ask the noisy-GD accountant for a deletion certificate,
 #  5. serve the job (mpiexec lethe serve) and delete a few hundred records through the HTTP API
 #     (single records, batches, whole subjects), measuring accuracy through /v1/predict, served depth
-#     per shard, latency and each batch's epsilon; stop the service (SIGTERM), lethe retrain, serve
-#     again for the accuracy after; scan every file for the deleted rows' bytes and the ledger for
-#     clear ids (scripts/demo_drive.py). The report: demo-out/report/REPORT.md with PNG plots.
+#     per shard, latency and each batch's epsilon; then POST /v1/retrain: the service retrains beside
+#     itself (mpiexec lethe retrain) while more deletions and predictions go on, and adopts the new
+#     models without stopping; stop the service (SIGTERM); scan every file for the deleted rows'
+#     bytes and the ledger for clear ids (scripts/demo_drive.py). The report:
+#     demo-out/report/REPORT.md with PNG plots.
 # Everything it writes goes under demo-out/ (or $LETHE_DEMO_DIR); it exits non-zero, naming the step,
 # when any step fails.
 set -euo pipefail
@@ -55,7 +57,7 @@ echo "== 5/6 noisy-GD deletion certificate for 10 of the 54k training records (t
 "$lethe" accountant --n 54022 --lambda 0.005 --eta 1.9801980198019802 --sigma 0.01 --clip 1.4142135623730951 \
   --deleted 10 --epsilon 1 --train-steps 200 | tee runs/accountant.json
 
-echo "== 6/6 delete through the service on $ranks MPI ranks, retrain, prove erasure, write the report =="
+echo "== 6/6 delete through the service on $ranks MPI ranks, retrain while serving, prove erasure, write the report =="
 # Debian's interpreter: it has numpy, h5py and matplotlib (a python3 earlier on PATH may not).
 rm -rf report
 (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > runs/service-token)

@@ -16,8 +16,11 @@ Steps, each named in the error message when it fails (the exit status is then 1)
   singles     single-record requests, one at a time, accuracy every few deletions
   batches     requests of several records each, one at a time
   subjects    whole-subject requests, sent at once (the service batches them)
+  retrain     POST /v1/retrain: the service starts `mpiexec lethe retrain` beside itself (the S3T
+              shards the deletions truncated or killed) and keeps serving; more single deletions and
+              accuracy measurements while it trains, until GET /v1/retrain/{id} says completed (the
+              service adopted the new models without a restart)
   stop        SIGTERM; the service must exit 0
-  retrain     mpiexec lethe retrain --job (the S3T shards the deletions truncated or killed)
   erasure     every file under the job directory, the training set and the backbone holds none
               of the deleted rows' bytes; the ledger holds no clear id or subject (lethe status,
               and a byte scan of the job's files)
@@ -165,14 +168,15 @@ def select_records(data, args):
     chosen_subjects = rng.sample(subjects, args.subjects)
     taken = {i for s in chosen_subjects for i in by_subject[s]}
     pool = [i for i in range(len(data.ids)) if ok(i) and not data.public[i] and i not in taken]
-    need = args.singles + args.batches * args.batch_size
+    need = args.singles + args.batches * args.batch_size + args.during
     if len(pool) < need:
         raise StepError("select", f"only {len(pool)} private records qualify, {need} wanted")
     rows = rng.sample(pool, need)
     singles = [[r] for r in rows[:args.singles]]
     rest = rows[args.singles:]
     batches = [rest[k * args.batch_size:(k + 1) * args.batch_size] for k in range(args.batches)]
-    return singles, batches, {s: by_subject[s] for s in chosen_subjects}
+    during = [[r] for r in rest[args.batches * args.batch_size:]]
+    return singles, batches, {s: by_subject[s] for s in chosen_subjects}, during
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,9 +215,11 @@ class Service:
         self.log_path = Path(args.out) / f"serve-{name}.log"
 
     def start(self):
+        # Retrains started by POST /v1/retrain run on as many ranks as the service.
+        retrain = f"{self.args.mpiexec} {{lethe}} --log-level warn retrain --job {{job}} --id {{id}} --no-wait"
         cmd = shlex.split(self.args.mpiexec) + [self.args.lethe, "serve", "--job", self.args.job,
                                                 "--listen", "127.0.0.1:0", "--token-file", self.args.token,
-                                                "--body-limit", str(8 << 20)]
+                                                "--body-limit", str(8 << 20), "--retrain-command", retrain]
         self.t0 = time.time()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.log_path, "w"), text=True)
         line = [None]
@@ -434,6 +440,10 @@ class Run:
                  "s3t": self.evaluator.accuracy(service, "s3t", state["live_shards"]),
                  "noisy_gd": self.evaluator.accuracy(service, "noisy_gd", state["live_shards"])}
         point["seconds"] = time.time() - t
+        if self.sampler.sample()["model_version"] != state["model_version"]:
+            # A batch or a retrain's swap landed while the test set was scored: the depths above are
+            # those of the start, and the two models may have been scored on different versions.
+            point["label"] += ", models changed during the measurement"
         self.points.append(point)
         s3t = "down (no live shard)" if point["s3t"] is None else f"{point['s3t']:.4f}"
         log(f"accuracy after {point['deleted']:3d} deletions ({label}): S3T {s3t} "
@@ -453,9 +463,9 @@ class Run:
         args = self.args
         t = time.time()
         self.data = Data(args.lethe, args.train, args.test)
-        singles, batches, subjects = select_records(self.data, args)
+        singles, batches, subjects, during = select_records(self.data, args)
         self.subject_names = sorted(subjects)
-        all_rows = [i for g in singles + batches for i in g] + [i for rows in subjects.values() for i in rows]
+        all_rows = [i for g in singles + batches + during for i in g] + [i for rows in subjects.values() for i in rows]
         self.patterns = {i: self.data.row_bytes[i] for i in all_rows if not self.data.public[i]}
         # Control: the scanner finds every chosen row in the training set before the deletions.
         found = scan_bytes([args.train], list(self.patterns.values()))
@@ -466,7 +476,8 @@ class Run:
         self.deleted_rows, self.refused_rows = [], []
         self.timings["select_s"] = time.time() - t
         log(f"chose {len(singles)} single records, {len(batches)} batches of {args.batch_size}, {len(subjects)} subjects "
-            f"({sum(len(r) for r in subjects.values())} records); {len(self.patterns)} private rows to erase, "
+            f"({sum(len(r) for r in subjects.values())} records), {len(during)} records to delete during the retrain; "
+            f"{len(self.patterns)} private rows to erase, "
             f"all found by the byte scan beforehand")
 
         service = Service(args, "deletions").start()
@@ -487,18 +498,7 @@ class Run:
                 self.wait(service, request, "subjects")
             self.measure(service, "subjects")
             self.timings["deletions_and_measurements_s"] = time.time() - t
-        service.stop()
-
-        log("retraining the truncated S3T sequences (service stopped: lethe retrain takes the job lock)")
-        t = time.time()
-        report, self.timings["retrain_s"] = self.mpi_run("retrain", "retrain", "--job", args.job)
-        # results.json keeps the report less its digests: top level (older lethe) and per model ("s3t": {...}).
-        self.retrain = {k: ({kk: vv for kk, vv in v.items() if kk != "digests"} if isinstance(v, dict) else v)
-                        for k, v in report.items() if k != "digests"}
-        self.retrain_span = (t - self.t0, time.time() - self.t0)
-        service = Service(args, "after-retrain").start()
-        with DepthSampler(service, self.t0, self.samples, len(self.deleted_rows)) as self.sampler:
-            self.measure(service, "after retrain")
+            self.retrain_while_serving(service, during)
         service.stop()
 
         t = time.time()
@@ -506,6 +506,59 @@ class Run:
         self.timings["erasure_scan_s"] = time.time() - t
         self.timings["total_s"] = time.time() - self.t0
         self.write_results()
+
+    def retrain_while_serving(self, service, during):
+        """POST /v1/retrain, then deletions and accuracy measurements while it trains, until the
+        service has adopted its models (GET /v1/retrain/{id}: completed)."""
+        log("retraining in the background: POST /v1/retrain; the service keeps deleting and serving")
+        t = time.time()
+        status, answer = service.call("POST", "/v1/retrain", raw=b"", step="retrain")
+        if status != 202:
+            raise StepError("retrain", f"POST /v1/retrain answered {status}: {answer}")
+        retrain_id = answer["id"]
+        first_version = self.sampler.sample()["model_version"]
+        served = {"deletion_requests": 0, "predictions": 0, "s3t_unavailable": 0}
+
+        def retrain_status():
+            code, state = service.call("GET", f"/v1/retrain/{retrain_id}", step="retrain")
+            if code != 200:
+                raise StepError("retrain", f"GET /v1/retrain/{retrain_id} answered {code}: {state}")
+            if state["status"] == "failed":
+                raise StepError("retrain", f"retrain {retrain_id} failed: {state.get('error')}")
+            return state
+
+        for k, rows in enumerate(during, 1):
+            self.wait(service, self.submit(service, "during retrain", rows), "retrain")
+            served["deletion_requests"] += 1
+            if k % 4 == 0 or k == len(during):
+                self.measure(service, f"{k} during retrain")
+                served["predictions"] += 2
+                served["s3t_unavailable"] += self.points[-1]["s3t"] is None
+        while (state := retrain_status())["status"] == "running":
+            if time.time() - t > 3600:
+                raise StepError("retrain", f"retrain {retrain_id} still running after an hour")
+            if time.time() - self.points[-1]["t"] - self.t0 > 60:
+                self.measure(service, "during retrain")
+                served["predictions"] += 2
+                served["s3t_unavailable"] += self.points[-1]["s3t"] is None
+            time.sleep(1)
+        self.timings["retrain_s"] = time.time() - t
+        self.retrain_span = (t - self.t0, time.time() - self.t0)
+        adopted_during = [r for r in self.requests if r["kind"] == "during retrain"
+                          and r["receipt"]["retrain"]["in_progress"] == [retrain_id]]
+        log(f"retrain {retrain_id} adopted by the running service after {self.timings['retrain_s']:.1f} s: model "
+            f"version {first_version} -> {state.get('model_version')}; {served['deletion_requests']} deletion requests "
+            f"completed and {served['predictions']} test-set predictions served meanwhile")
+        self.measure(service, "after retrain")
+        last = lethe_json(self.args.lethe, "retrain", "status", "--job", self.args.job)["last_retrain"]
+        if last is None or last.get("id") != retrain_id:
+            raise StepError("retrain", f"lethe status names another last retrain than {retrain_id}: {last}")
+        # results.json keeps the retrain's report less its digests.
+        routes = {name: {"retrain": {k: v for k, v in r["retrain"].items() if k != "digests"},
+                         "forgotten": r["forgotten"]} for name, r in last.get("routes", {}).items()}
+        self.retrain = {"id": retrain_id, "status": state, "deleted_since_snapshot": last.get("deleted_since_snapshot"),
+                        "routes": routes, "served_meanwhile": served,
+                        "receipts_naming_it": len(adopted_during)}
 
     # -- results and report ----------------------------------------------------------------------
     def write_results(self):
@@ -598,6 +651,7 @@ def main():
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--subjects", type=int, default=40)
+    ap.add_argument("--during", type=int, default=12, help="single deletions while the retrain runs")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--started-at", type=float, help="unix time the demo started (scripts/demo.sh), for the report")
     args = ap.parse_args()

@@ -12,12 +12,14 @@ results.json (one JSON object, written by scripts/demo_drive.py):
                    depth (per shard), s3t (null: the ensemble was down), noisy_gd, seconds
   depth_samples    GET /v1/models over time: t, deleted, model_version, live_shards, depth, noisy_records,
                    noisy_version
-  retrain_span_s   [start, end] of lethe retrain, s since the driver started
+  retrain_span_s   [start, end] of the retrain (POST /v1/retrain until adopted), s since the driver started
   requests         one per deletion request, in completion order: kind, id, records, sent and
                    seen_completed (client unix times), receipt (the service's final receipt)
   deleted_records  private records deleted; refused_records: public records refused
   erasure          the erasure checks' counts (files, bytes, rows_checked, rows_found, row_bytes, ledger_*)
-  retrain          lethe retrain's JSON report, less the digests
+  retrain          the retrain: id, status (GET /v1/retrain/{id}), deleted_since_snapshot, routes (per model
+                   what it restored, less the digests, and what its adoption forgot), served_meanwhile
+                   (deletion requests, predictions, s3t_unavailable), receipts_naming_it
   timings_s        seconds per part of the driver
   batches, latency_ms  derived from requests (this script's batches() and latencies()); the report
                    computes them again from requests
@@ -120,8 +122,8 @@ def plot(results, out):
     s3t = [np.nan if p["s3t"] is None else p["s3t"] for p in points]
     ax.plot(xs[:-1], s3t[:-1], "o-", label="S3T ensemble (served prefixes)")
     ax.plot(xs[:-1], [p["noisy_gd"] for p in points[:-1]], "s-", label="noisy GD (certified, ε = 1 per batch)")
-    ax.plot([xs[-1]], [s3t[-1]], "o", color="C0", mfc="white", ms=9, label="S3T after lethe retrain")
-    ax.plot([xs[-1]], [points[-1]["noisy_gd"]], "s", color="C1", mfc="white", ms=9, label="noisy GD after the restart")
+    ax.plot([xs[-1]], [s3t[-1]], "o", color="C0", mfc="white", ms=9, label="S3T after the retrain's swap")
+    ax.plot([xs[-1]], [points[-1]["noisy_gd"]], "s", color="C1", mfc="white", ms=9, label="noisy GD after the swap")
     down = [p["deleted"] for p, y in zip(points, s3t) if np.isnan(y)]
     if down:
         ax.plot(down, [0.03] * len(down), "x", color="C0", ms=9, label="S3T down: no live shard (503)")
@@ -143,7 +145,7 @@ def plot(results, out):
     marks = [(p["t"], p["label"]) for p in points]
     for t, label in marks:
         ax.axvline(t, color="grey", lw=0.5, ls=":")
-    ax.axvspan(*results["retrain_span_s"], color="grey", alpha=0.15, label="service stopped: lethe retrain")
+    ax.axvspan(*results["retrain_span_s"], color="grey", alpha=0.15, label="retrain running (the service kept serving)")
     ax.set_xlabel("seconds since the demo's deletion part started (dotted: accuracy measurements)")
     ax.set_ylabel("served depth (slices; 0 = dead)")
     ax.set_yticks(range(0, 5))
@@ -161,7 +163,8 @@ def plot(results, out):
 def markdown(results):
     args, points, requests, timings = results["config"], results["points"], results["requests"], results["timings_s"]
     batch_rows, lat = batches(requests), latencies(requests)
-    before, after_del, after = points[0], points[-2], points[-1]
+    before, after = points[0], points[-1]
+    after_del = next((p for p in points if p["label"] == "subjects"), points[-2])
     fmt = lambda a: "down (no live shard)" if a is None else f"{a:.4f}"
     kinds = {}
     for r in requests:
@@ -201,17 +204,39 @@ def markdown(results):
     md += [
         "",
         f"Before: S3T {fmt(before['s3t'])}, noisy GD {before['noisy_gd']:.4f}. After {after_del['deleted']} deletions: "
-        f"S3T {fmt(after_del['s3t'])}, noisy GD {after_del['noisy_gd']:.4f}. After `lethe retrain` "
-        f"({timings['retrain_s']:.1f} s on the service's ranks, the service stopped for it): S3T {fmt(after['s3t'])}, "
-        f"noisy GD {after['noisy_gd']:.4f}.",
+        f"S3T {fmt(after_del['s3t'])}, noisy GD {after_del['noisy_gd']:.4f}. After the retrain "
+        f"({timings['retrain_s']:.1f} s from `POST /v1/retrain` to the swap; the service never stopped): "
+        f"S3T {fmt(after['s3t'])} with {after['live_shards']} live shards, noisy GD {after['noisy_gd']:.4f}.",
         "",
         "S3T forgets by slice deactivation: a deleted record's slice and every later slice of each sequence of its "
         "shard are dropped, so the served depth falls and a shard whose sequences all lost their first slice dies; "
         "the 4 × 4 × 4 job's expected capacity is about 54 uniform deletions (docs/BENCHMARKS.md), far below the "
-        "few hundred deleted here, which is why the ensemble needs `lethe retrain`. Noisy GD forgets by K_U noisy "
+        "few hundred deleted here, which is why the ensemble needs a retrain. Noisy GD forgets by K_U noisy "
         "steps per batch (or a retrain from scratch when that is cheaper), so its accuracy barely moves.",
         "",
     ]
+    retrain = results["retrain"]
+    if "served_meanwhile" in retrain:
+        served = retrain["served_meanwhile"]
+        s3t_route = retrain.get("routes", {}).get("s3t", {})
+        restored = s3t_route.get("retrain", {})
+        forgotten = s3t_route.get("forgotten", {})
+        md += [
+            "## Retraining while serving",
+            "",
+            f"`POST /v1/retrain` started retrain `{retrain['id']}` (`mpiexec lethe retrain` beside the service, "
+            f"`--retrain-command`): it restored {restored.get('sequences_restored', '?')} sequences "
+            f"({restored.get('steps_trained', '?')} prefix steps; shards revived: {restored.get('shards_revived', '?')}) "
+            f"on the records live at its snapshot, into new checkpoint series. Meanwhile the service completed "
+            f"{served['deletion_requests']} deletion requests (kind `during retrain`, one at a time, each waiting for its "
+            f"receipt; {retrain['receipts_naming_it']} receipts name the running retrain) and served "
+            f"{served['predictions']} whole-test-set predictions ({served['s3t_unavailable']} of them S3T 503s while no "
+            f"shard was live). The service adopted the retrain in one manifest commit, after making the new models "
+            f"forget the {retrain['deleted_since_snapshot']} records deleted since its snapshot (S3T shards cut at "
+            f"adoption: {len(forgotten.get('shards', []))}), and served them without a restart: model version "
+            f"{retrain['status'].get('model_version')}.",
+            "",
+        ]
     singles_k = [b["K_U"] for b in batch_rows if b["kinds"] == "single"]
     if singles_k:
         md += [f"K_U of the single-record batches, in order: {', '.join(map(str, singles_k))}. Each plan starts "
@@ -278,7 +303,8 @@ def markdown(results):
     names = {"select_s": "read the data sets, pick the records, byte-scan control",
              "serve_start_s": "service start (mpiexec, both ranks load the job) until the port is printed",
              "deletions_and_measurements_s": "all deletions with their receipts and the accuracy measurements",
-             "retrain_s": "lethe retrain (service stopped)", "erasure_scan_s": "erasure and ledger scans",
+             "retrain_s": "retrain beside the service: POST /v1/retrain until the swap",
+             "erasure_scan_s": "erasure and ledger scans",
              "total_s": "this part in all (scripts/demo_drive.py)"}
     for k, v in timings.items():
         md.append(f"| {names.get(k, k)} | {v:.1f} |")

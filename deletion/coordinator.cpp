@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "storage/job_lock.h"
 #include "trainer/error.h"
 
 
@@ -235,13 +236,21 @@ bool Coordinator::adopt_pending_retrain() {
 
 json Coordinator::retrain_effect() const {
   json running = json::array();
+  std::optional<std::string> starting;  // a retrain holding its lock that has not recorded itself yet
   try {
     const auto retrains = router_.retrains();  // named: a range-for over a temporary's member dangles
     for (const auto& run : retrains.at("in_progress")) running.push_back(run.at("id"));
+    if (running.empty()) starting = storage::JobLock::holder(router_.job_dir(), storage::JobLock::Kind::kRetrain);
   } catch (const std::exception& e) {
     // The receipt must not fail for this: it says what is known.
     spdlog::error("coordinator: reading the job's retrains for a receipt: {}", e.what());
     return {{"in_progress", nullptr}, {"effect", std::string("unknown: the job's retrain records could not be read: ") + e.what()}};
+  }
+  if (starting) {
+    return {{"in_progress", json::array()},
+            {"starting", *starting},
+            {"effect", "a retrain is starting (" + *starting + "): if it read the job before this deletion, the models "
+                       "it trains forget the record through their route (S3T: slice deactivation) before they are served"}};
   }
   if (running.empty()) {
     return {{"in_progress", json::array()},

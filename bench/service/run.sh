@@ -30,16 +30,7 @@ mkdir -p "$out"
 cd "$out"
 (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > token)
 
-common() {  # the demo's model and training settings (launch/examples/fashion_s3t.yaml)
-  cat <<YAML
-dataset: $1
-test_dataset: $data/fashion-test.h5
-backbone: $data/fashion-backbone.h5
-seed: 1
-model: {architecture: convnet, conv_widths: [32, 64], widths: [256, 128, 128, 128], lora_rank: 8, lora_alpha: 16, num_classes: 10}
-training: {epochs: 3, batch_size: 128, learning_rate: 0.003}
-YAML
-}
+source "$root/bench/service/config.sh"  # common(): the demo's model and training settings
 common "$out/train-s3t.h5" > s3t.yaml
 echo "s3t: {shards: 4, slices: 4, sequences: 4}" >> s3t.yaml
 common "$out/train-noisy.h5" > noisy.yaml

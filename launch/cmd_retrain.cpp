@@ -44,6 +44,10 @@ bool adopt_if_no_writer(const fs::path& job, const trainer::RetrainRun& run) {
     return false;
   }
   const auto current = trainer::read_job_manifest(job);
+  if (current.last_retrain && current.last_retrain->details.value("id", std::string()) == run.id) {
+    trainer::finish_adoption(current);  // a writer committed the swap and stopped before finishing it
+    return true;
+  }
   const auto dataset = storage::Dataset::open(current.dataset.path);
   auto adoption = trainer::plan_adoption(current, run, dataset);
   trainer::commit_job_manifest(adoption.next);
@@ -94,6 +98,11 @@ void run(const RetrainArgs& args) {
         if (now && now->status == trainer::RetrainStatus::kAdopted) break;
         if (now && now->status == trainer::RetrainStatus::kFailed) {
           throw std::runtime_error("retrain " + id + " was trained but not adopted: " + now->error);
+        }
+        // The writer stopped before adopting it: nobody else will until another starts.
+        if (now && !storage::JobLock::holder(job, storage::JobLock::Kind::kWriter) && adopt_if_no_writer(job, *now)) {
+          adopted_by = "lethe retrain (the job's writer stopped before adopting it)";
+          break;
         }
         if (std::chrono::steady_clock::now() > deadline) {
           throw std::runtime_error("retrain " + id + " is trained, but the job's writer has not adopted it within " +

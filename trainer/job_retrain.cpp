@@ -284,6 +284,9 @@ Adoption plan_adoption(const JobManifest& current, const RetrainRun& run, const 
     throw TrainerError(ErrorKind::kMismatch, where + ": the retrain was made for another config or dataset than the job "
                                                      "has now; it cannot be adopted (run `lethe retrain` again)");
   }
+  if (current.last_retrain && current.last_retrain->details.value("id", std::string()) == run.id) {
+    throw TrainerError(ErrorKind::kMismatch, where + ": the job adopted this retrain already");
+  }
   if (current.last_retrain && current.last_retrain->details.value("started_ms", std::int64_t{0}) > run.started_ms) {
     throw TrainerError(ErrorKind::kMismatch, where + ": a retrain started later was adopted already; this one is stale "
                                                      "(run `lethe retrain` again if the job needs one)");

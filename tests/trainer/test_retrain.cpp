@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "storage/checkpoint_store.h"
@@ -258,7 +260,7 @@ TEST_F(Retrain, TrainsBesideAWriterRefusesASecondRetrainAndAnEditedConfig) {
   const auto job = dir_ / "run";
   ASSERT_EQ(train(config, job).status, 0);
   const auto slice1 = records_in(lethe::storage::Dataset::open(dir_ / "train.h5"), 1, 2, 0, {1});
-  const auto victim = slice1.at(0), second_victim = slice1.at(1);
+  const auto victim = slice1.at(0), second_victim = slice1.at(1), third_victim = slice1.at(2);
   ASSERT_EQ(lethe::storage::erase_records(dir_ / "train.h5", std::vector<std::string>{victim}).erased.size(), 1u);
   apply_deletions(job, lethe::storage::Dataset::open(dir_ / "train.h5"), {victim}, 1, 2, {0});
 
@@ -328,6 +330,29 @@ TEST_F(Retrain, TrainsBesideAWriterRefusesASecondRetrainAndAnEditedConfig) {
   for (const auto& name : replaced) {
     const bool still_served = load_manifest(job).dump().find("\"" + name + "\"") != std::string::npos;
     if (!still_served) EXPECT_TRUE(store.versions(name).empty()) << name << " outlived the adoption that replaced it";
+  }
+
+  // A retrain waiting for the writer's adoption adopts its result itself once the writer is gone.
+  ASSERT_EQ(lethe::storage::erase_records(dir_ / "train.h5", std::vector<std::string>{third_victim}).erased.size(), 1u);
+  apply_deletions(job, lethe::storage::Dataset::open(dir_ / "train.h5"), {third_victim}, 1, 2, {0});
+  {
+    auto writer = std::make_unique<lethe::storage::JobLock>(job, "lethe serve");
+    CommandResult waited;
+    std::thread retrain([&] { waited = run_command(lethe_cmd() + " retrain --job " + job.string()); });
+    // Until its record says trained: then it waits for the writer.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    bool trained = false;
+    while (!trained && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      for (const auto& run : list_retrain_runs(job)) trained = trained || run.status == RetrainStatus::kTrained;
+    }
+    writer.reset();  // the writer stops without adopting it
+    retrain.join();
+    ASSERT_TRUE(trained);
+    ASSERT_EQ(waited.status, 0) << waited.out;
+    EXPECT_EQ(json_of(waited).at("adopted_by"), "lethe retrain (the job's writer stopped before adopting it)");
+    EXPECT_EQ(json_of(waited).at("model_version"), 3);
+    EXPECT_EQ(load_manifest(job).at("model_version"), 3);
   }
 
   // A config.json that no longer matches the run (edited) is refused before anything is purged.

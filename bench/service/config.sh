@@ -1,6 +1,19 @@
-# bench/service/config.sh, sourced by run.sh and retrain.sh: the job config both train, from the
-# demo's data ($data) with the training set given as $1 (each bench works on its own copy).
+# bench/service/config.sh, sourced by run.sh and retrain.sh: what both need from the demo and the
+# build, and the job config both train.
 # shellcheck shell=bash
+
+# Exits naming what is missing ($data: the demo's data; $lethe, $load: the binaries); sets mpi.
+bench_requirements() {
+  for f in fashion-train.h5 fashion-test.h5 fashion-backbone.h5; do
+    [[ -f "$data/$f" ]] || { echo "bench/service: $data/$f is missing; run ./scripts/demo.sh first" >&2; exit 1; }
+  done
+  [[ -x "$lethe" && -x "$load" ]] || { echo "bench/service: build first (./scripts/build.sh)" >&2; exit 1; }
+  mpi=(mpiexec --oversubscribe -np 2)
+  [[ $(id -u) -eq 0 ]] && mpi+=(--allow-run-as-root)
+}
+
+# The job config from the demo's data ($data), the training set given as $1 (each bench works on
+# its own copy).
 common() {  # the demo's model and training settings (launch/examples/fashion_s3t.yaml)
   cat <<YAML
 dataset: $1

@@ -14,19 +14,14 @@ load="$root/$build/lethe_bench_load"
 data=$(realpath -m "${LETHE_DEMO_DIR:-demo-out}")/data
 out=$(realpath -m "${LETHE_BENCH_DIR:-bench-out/retrain}")
 rate=${1:-50}
-for f in fashion-train.h5 fashion-test.h5 fashion-backbone.h5; do
-  [[ -f "$data/$f" ]] || { echo "bench/service: $data/$f is missing; run ./scripts/demo.sh first" >&2; exit 1; }
-done
-[[ -x "$lethe" && -x "$load" ]] || { echo "bench/service: build first (./scripts/build.sh)" >&2; exit 1; }
-mpi=(mpiexec --oversubscribe -np 2)
-[[ $(id -u) -eq 0 ]] && mpi+=(--allow-run-as-root)
+source "$root/bench/service/config.sh"  # bench_requirements, common
+bench_requirements
 
 # LETHE_BENCH_REUSE=1 keeps the trained job of an earlier run (training is the slow part).
 [[ ${LETHE_BENCH_REUSE:-0} == 1 && -f "$out/train-s3t.json" ]] || rm -rf "$out"
 mkdir -p "$out"
 cd "$out"
 (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > token)
-source "$root/bench/service/config.sh"
 common "$out/train-s3t.h5" > s3t.yaml
 echo "s3t: {shards: 4, slices: 4, sequences: 4}" >> s3t.yaml
 if [[ ! -f train-s3t.json ]]; then

@@ -218,15 +218,21 @@ std::int64_t JobRouter::adopt_retrain(const trainer::RetrainRun* run) {
   try {
     trainer::finish_adoption(adoption->next);
   } catch (const std::exception& e) {
-    // Idempotent: the next start of a writer finishes it (purging what the old models left).
-    spdlog::error("retrain {} adopted, but finishing it failed: {}; it is finished at the next start", run->id, e.what());
+    // Idempotent: retried at the next pending_retrain() (every heartbeat), and at the next start.
+    unfinished_adoption_ = true;
+    spdlog::error("retrain {} adopted, but finishing it failed: {}; retried", run->id, e.what());
   }
   spdlog::info("adopted retrain {}: model version {}", run->id, adoption->next.model_version);
   return adoption->next.model_version;
 }
 
 std::optional<trainer::RetrainRun> JobRouter::pending_retrain() const {
-  return trainer::pending_retrain(*current()->manifest);
+  const auto manifest = current()->manifest;
+  if (unfinished_adoption_) {
+    trainer::finish_adoption(*manifest);  // throws again while it still fails
+    unfinished_adoption_ = false;
+  }
+  return trainer::pending_retrain(*manifest);
 }
 
 json JobRouter::retrains() const { return trainer::describe_retrains(*current()->manifest); }

@@ -61,7 +61,8 @@ class JobRouter {
   // swap's commit point), every rank swaps the new routes in, and rank 0 purges what the old models
   // leave behind. On failure nothing changes. Returns the new model version (rank 0).
   std::int64_t adopt_retrain(const trainer::RetrainRun* run);
-  // Rank 0: the trained retrain waiting to be adopted, if any.
+  // Rank 0: the trained retrain waiting to be adopted, if any; first finishes an adoption whose
+  // purge failed (trainer::finish_adoption).
   [[nodiscard]] std::optional<trainer::RetrainRun> pending_retrain() const;
   // Rank 0: the job's retrains in progress and the last one (trainer::describe_retrains).
   [[nodiscard]] nlohmann::json retrains() const;
@@ -116,6 +117,8 @@ class JobRouter {
   comm::Communicator* comm_;
   std::shared_ptr<const Snapshot> snapshot_;
   std::shared_ptr<trainer::FrozenBackbone> backbone_;  // shared by the routes; reloading one needs it
+  // Rank 0's worker thread: an adoption committed whose purge and record failed (retried).
+  mutable bool unfinished_adoption_ = false;
   mutable std::mutex snapshot_mutex_;
   struct DatasetHolder;
   std::unique_ptr<DatasetHolder> dataset_;

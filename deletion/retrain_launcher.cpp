@@ -85,32 +85,27 @@ void RetrainLauncher::reap_locked() {
   }
 }
 
-bool RetrainLauncher::busy() {
-  std::lock_guard lock(mutex_);
+std::optional<std::string> RetrainLauncher::running_locked() {
   reap_locked();
   for (const auto& [id, child] : children_) {
-    if (!child.exit_status) return true;
+    if (!child.exit_status) return "retrain " + id + " (pid " + std::to_string(child.pid) + ") is running";
   }
-  if (retrain_lock_held(job_dir_, nullptr)) return true;
+  std::string holder;
+  if (retrain_lock_held(job_dir_, &holder)) return holder;
   for (const auto& run : trainer::list_retrain_runs(job_dir_)) {
-    if (run.status == trainer::RetrainStatus::kTrained) return true;
+    if (run.status == trainer::RetrainStatus::kTrained) return "retrain " + run.id + " is trained and about to be adopted";
   }
-  return false;
+  return std::nullopt;
+}
+
+bool RetrainLauncher::busy() {
+  std::lock_guard lock(mutex_);
+  return running_locked().has_value();
 }
 
 std::string RetrainLauncher::start(const std::string& reason) {
   std::lock_guard lock(mutex_);
-  reap_locked();
-  for (const auto& [id, child] : children_) {
-    if (!child.exit_status) throw RetrainRunning("retrain " + id + " (pid " + std::to_string(child.pid) + ") is running");
-  }
-  std::string holder;
-  if (retrain_lock_held(job_dir_, &holder)) throw RetrainRunning(holder);
-  for (const auto& run : trainer::list_retrain_runs(job_dir_)) {
-    if (run.status == trainer::RetrainStatus::kTrained) {
-      throw RetrainRunning("retrain " + run.id + " is trained and about to be adopted");
-    }
-  }
+  if (auto running = running_locked()) throw RetrainRunning(*running);
   const auto id = trainer::new_retrain_id(job_dir_);
   std::error_code ec;
   const auto self = fs::read_symlink("/proc/self/exe", ec);

@@ -43,6 +43,9 @@ class RetrainLauncher {
 
  private:
   void reap_locked();
+  // Why a retrain of the job runs or waits for adoption now (a child of ours, a `lethe retrain`
+  // started elsewhere holding its lock, or a trained one), or nullopt. Under mutex_.
+  [[nodiscard]] std::optional<std::string> running_locked();
 
   std::filesystem::path job_dir_;
   std::string command_;

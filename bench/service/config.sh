@@ -1,6 +1,11 @@
 # bench/service/config.sh, sourced by run.sh and retrain.sh: what both need from the demo and the
 # build, and the job config both train.
 # shellcheck shell=bash
+# Needs $root (the repository). BUILD_DIR and LETHE_DEMO_DIR as for scripts/.
+build=${BUILD_DIR:-build}
+lethe="$root/$build/lethe"
+load="$root/$build/lethe_bench_load"
+data=$(realpath -m "${LETHE_DEMO_DIR:-demo-out}")/data
 
 # Exits naming what is missing ($data: the demo's data; $lethe, $load: the binaries); sets mpi.
 bench_requirements() {
@@ -23,4 +28,10 @@ seed: 1
 model: {architecture: convnet, conv_widths: [32, 64], widths: [256, 128, 128, 128], lora_rank: 8, lora_alpha: 16, num_classes: 10}
 training: {epochs: 3, batch_size: 128, learning_rate: 0.003}
 YAML
+}
+
+# The demo's S3T job (4 x 4 x 4) on the training set $1.
+s3t_config() {
+  common "$1"
+  echo "s3t: {shards: 4, slices: 4, sequences: 4}"
 }

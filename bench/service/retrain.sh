@@ -8,13 +8,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-build=${BUILD_DIR:-build}
-lethe="$root/$build/lethe"
-load="$root/$build/lethe_bench_load"
-data=$(realpath -m "${LETHE_DEMO_DIR:-demo-out}")/data
+source "$root/bench/service/config.sh"  # lethe, load, data; bench_requirements, common, s3t_config
 out=$(realpath -m "${LETHE_BENCH_DIR:-bench-out/retrain}")
 rate=${1:-50}
-source "$root/bench/service/config.sh"  # bench_requirements, common
 bench_requirements
 
 # LETHE_BENCH_REUSE=1 keeps the trained job of an earlier run (training is the slow part).
@@ -22,8 +18,7 @@ bench_requirements
 mkdir -p "$out"
 cd "$out"
 (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > token)
-common "$out/train-s3t.h5" > s3t.yaml
-echo "s3t: {shards: 4, slices: 4, sequences: 4}" >> s3t.yaml
+s3t_config "$out/train-s3t.h5" > s3t.yaml
 if [[ ! -f train-s3t.json ]]; then
   echo "== train the S3T job (4x4x4, 2 ranks) =="
   cp "$data/fashion-train.h5" train-s3t.h5

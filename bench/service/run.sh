@@ -9,15 +9,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-build=${BUILD_DIR:-build}
-lethe="$root/$build/lethe"
-load="$root/$build/lethe_bench_load"
-data=$(realpath -m "${LETHE_DEMO_DIR:-demo-out}")/data
+source "$root/bench/service/config.sh"  # lethe, load, data; bench_requirements, common, s3t_config
 out=$(realpath -m "${LETHE_BENCH_DIR:-bench-out/service}")
 duration=${LETHE_BENCH_DURATION:-10}
 rates=("$@")
 ((${#rates[@]})) || rates=(25 50 100 200 400)
-source "$root/bench/service/config.sh"  # bench_requirements, common
 bench_requirements
 
 # LETHE_BENCH_REUSE=1 keeps the trained jobs of an earlier run (training is the slow part).
@@ -26,8 +22,7 @@ mkdir -p "$out"
 cd "$out"
 (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > token)
 
-common "$out/train-s3t.h5" > s3t.yaml
-echo "s3t: {shards: 4, slices: 4, sequences: 4}" >> s3t.yaml
+s3t_config "$out/train-s3t.h5" > s3t.yaml
 common "$out/train-noisy.h5" > noisy.yaml
 printf 's3t: {enabled: false}\nnoisy_gd: {}\n' >> noisy.yaml
 # Deletions erase records in place: every job works on a fresh copy of the training set.

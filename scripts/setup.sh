@@ -18,6 +18,8 @@ packages=(
   libgtest-dev libgmock-dev
   libbenchmark-dev
   libssl-dev zlib1g-dev
+  # the reference BLAS beside OpenBLAS: test_retrain compares a retrain bit for bit with a fresh run on it
+  libblas3
   dataset-fashion-mnist
   python3 python3-numpy python3-h5py python3-matplotlib python3-torch
   # tests/slurm runs launch/slurm/*.sbatch on a one-node SLURM cluster it starts (sbatch, srun: slurm-client)

@@ -2,6 +2,8 @@
 
 #include <unordered_set>
 
+#include "storage/record_id.h"
+
 namespace lethe::deletion {
 
 namespace {
@@ -11,13 +13,8 @@ using nlohmann::json;
 std::string checked_string(const json& value, const std::string& field) {
   if (!value.is_string()) throw RequestError(field, "must be a string");
   auto text = value.get<std::string>();
-  if (text.empty()) throw RequestError(field, "must not be empty");
-  if (text.size() > kMaxIdLength) {
-    throw RequestError(field, "is " + std::to_string(text.size()) + " bytes; at most " + std::to_string(kMaxIdLength) + " allowed");
-  }
-  for (const unsigned char c : text) {
-    if (c < 0x20 || c == 0x7f) throw RequestError(field, "contains a control character");
-  }
+  // The rule ingest applies too (storage/record_id.h): every stored id can be named here.
+  if (const auto problem = storage::record_id_problem(text)) throw RequestError(field, *problem);
   return text;
 }
 

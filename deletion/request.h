@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "storage/record_id.h"
+
 namespace lethe::deletion {
 
 // A malformed request; field() is the JSON path of the offending field ("records[2]").
@@ -30,7 +32,7 @@ struct DeletionRequest {
 };
 
 inline constexpr std::size_t kMaxRecordsPerRequest = 10000;
-inline constexpr std::size_t kMaxIdLength = 256;  // ids, subjects and idempotency keys
+inline constexpr std::size_t kMaxIdLength = storage::kMaxRecordIdLength;  // ids, subjects and idempotency keys
 
 // {"records": ["id", ...]} or {"subject": "s"}, optionally "idempotency_key": "k". Exactly one of
 // records/subject; strings non-empty, at most kMaxIdLength bytes, no control characters; at most

@@ -1,5 +1,6 @@
 // `lethe accountant`: what one deletion from a noisy-GD model costs and certifies (DESIGN.md §4),
-// for one training phase of --train-steps steps on --n records, --deleted of which are deleted.
+// after --train-steps steps of training (or a job config's noisy_gd.steps) on --n records, --deleted
+// of which are deleted.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -8,21 +9,22 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <stdexcept>
+#include <string>
 
 #include "launch/command_registry.h"
+#include "launch/job_config.h"
 #include "trainer/accountant.h"
 
 namespace lethe::launch {
 namespace {
 
-// Noisy GD with lambda >= 0.01 and eta ~ 1 is within 1e-4 of its stationary regime after
-// 1000 steps (c^1000 <= 0.99^1000 ~ 4e-5), so 1000 is a typical training phase.
-constexpr std::int64_t kDefaultTrainSteps = 1000;
-
 struct AccountantOptions {
   std::int64_t n = 0;
   std::int64_t deleted = 0;
-  std::int64_t train_steps = kDefaultTrainSteps;
+  // No default: K_U depends on how far training went, and a guess too short certifies too little.
+  std::optional<std::int64_t> train_steps;
+  std::string config;  // a job config whose noisy_gd.steps gives train_steps
   double target_epsilon = 0.0;
   double delta = 0.0;
   bool delta_given = false;
@@ -32,14 +34,28 @@ struct AccountantOptions {
 // +inf (alpha when epsilon is 0) has no JSON spelling: null.
 nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
 
-void run_accountant(const AccountantOptions& o) {
-  if (o.train_steps < 0)
-    throw trainer::AccountantError("accountant: --train-steps = " + std::to_string(o.train_steps) + " must be >= 0");
+// --train-steps, or noisy_gd.steps of --config; an error saying what to pass when neither is given.
+std::int64_t train_steps_of(const AccountantOptions& o) {
+  if (!o.config.empty()) return load_job_config(o.config).noisy_gd.train_steps;
+  if (!o.train_steps)
+    throw std::invalid_argument(
+        "accountant: --train-steps is required: pass the noisy-GD steps the model was trained for (noisy_gd.steps "
+        "of its job config, e.g. --train-steps 200), or --config JOB.yaml to read them; K_U for a shorter "
+        "training than the real one would be too small to certify the deletion");
+  if (*o.train_steps < 0)
+    throw trainer::AccountantError("accountant: --train-steps = " + std::to_string(*o.train_steps) + " must be >= 0");
+  return *o.train_steps;
+}
+
+void run_accountant(const AccountantOptions& options) {
+  AccountantOptions o = options;
+  o.train_steps = train_steps_of(options);
+  const std::int64_t train_steps = *o.train_steps;
   trainer::Accountant accountant(o.params, o.n, o.delta_given ? std::optional<double>(o.delta) : std::nullopt);
-  accountant.record_training(o.train_steps);
+  accountant.record_training(train_steps);
   accountant.record_deletion(o.deleted);
   const trainer::DeletionPlan plan = accountant.plan_deletion(o.target_epsilon);
-  const bool retrain = trainer::retrain_is_cheaper(plan.steps, o.train_steps);
+  const bool retrain = trainer::retrain_is_cheaper(plan.steps, train_steps);
 
   nlohmann::json out;
   out["steps"] = plan.steps;
@@ -58,7 +74,7 @@ void run_accountant(const AccountantOptions& o) {
       {"n", o.n},
       {"deleted", o.deleted},
       {"remaining", accountant.current_n()},
-      {"train_steps", o.train_steps},
+      {"train_steps", train_steps},
       {"lambda", o.params.lambda},
       {"eta", o.params.eta},
       {"eta_max", 1.0 / (o.params.beta + o.params.lambda)},
@@ -81,7 +97,9 @@ void install(CLI::App& app) {
       "Noisy-GD deletion certificate: the unlearning steps K_U for a target epsilon, and the DP of "
       "the remaining records, for --train-steps steps on --n records of which --deleted are deleted");
   cmd->footer(
-      "Example:\n  lethe accountant --n 54000 --deleted 1 --lambda 0.005 --eta 1.98 --sigma 0.01 --epsilon 1 --train-steps 200\n"
+      "Examples:\n  lethe accountant --n 54000 --deleted 1 --lambda 0.005 --eta 1.98 --sigma 0.01 --epsilon 1 --train-steps 200\n"
+      "  lethe accountant --n 54000 --deleted 1 --lambda 0.005 --eta 1.98 --sigma 0.01 --epsilon 1 --config job.yaml\n"
+      "--train-steps (or --config) is required: K_U depends on how long the model was trained.\n"
       "Prints JSON: steps (K_U noisy steps for the deletion), epsilon, delta, dp_epsilon, certified, and\n"
       "route (noisy_steps, or retrain when retraining from scratch costs fewer steps); assumptions echoes the inputs.");
   cmd->add_option("--n", options->n, "records in the training set")->required();
@@ -93,8 +111,9 @@ void install(CLI::App& app) {
   cmd->add_option("--deleted", options->deleted, "records deleted after training")->required();
   cmd->add_option("--epsilon", options->target_epsilon, "target epsilon of the deletion certificate")->required();
   cmd->add_option("--delta", options->delta, "delta of the (epsilon, delta) guarantees (default 1/n)");
-  cmd->add_option("--train-steps", options->train_steps, "steps of the training phase before the deletion")
-      ->capture_default_str();
+  auto* steps = cmd->add_option("--train-steps", options->train_steps,
+                                "steps of the training phase before the deletion (required unless --config)");
+  cmd->add_option("--config", options->config, "job config whose noisy_gd.steps gives --train-steps")->excludes(steps);
   cmd->callback([options, cmd] {
     options->delta_given = cmd->count("--delta") > 0;
     run_accountant(*options);

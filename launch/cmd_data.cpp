@@ -14,10 +14,14 @@
 
 #include "launch/command_registry.h"
 #include "storage/dataset.h"
+#include "storage/durable_file.h"
 #include "storage/erasure.h"
+#include "storage/error.h"
 #include "storage/ingest.h"
 #include "storage/ingest_csv.h"
 #include "storage/ingest_idx.h"
+#include "storage/job_lock.h"
+#include "trainer/job_manifest.h"
 
 namespace lethe::launch {
 namespace {
@@ -37,6 +41,15 @@ std::vector<uint64_t> parse_shape(const std::string& text) {
     shape.push_back(value);
     start = end + 1;
   }
+  // Checked product: 2^32 x 2^32 must not wrap around to "0 values".
+  storage::DatasetLayout layout;
+  layout.feature_shape = shape;
+  if (layout.values_per_record() > storage::kMaxValuesPerRecord)
+    throw std::invalid_argument("--feature-shape '" + text + "' gives " +
+                                (layout.values_per_record() == UINT64_MAX ? std::string("2^64 or more")
+                                                                          : std::to_string(layout.values_per_record())) +
+                                " values per record; at most " + std::to_string(storage::kMaxValuesPerRecord) +
+                                " are allowed: give the shape of one record, e.g. 28x28");
   return shape;
 }
 
@@ -114,13 +127,18 @@ struct IngestArguments {
   uint64_t seed = 0;
   double public_fraction = 0.0;
   uint64_t chunk_records = 0;
+  bool force = false;
 };
 
 void install_ingest(CLI::App& app) {
   auto args = std::make_shared<IngestArguments>();
   CLI::App* cmd = app.add_subcommand("ingest", "Ingest IDX or CSV records into a Lethe dataset file (HDF5)");
   cmd->add_option("--format", args->format, "Input format: idx or csv")->required()->check(CLI::IsMember({"idx", "csv"}));
-  cmd->add_option("--out", args->out, "Dataset file to write (committed atomically; FILE.tmp while writing)")->required();
+  cmd->add_option("--out", args->out,
+                  "Dataset file to write (committed atomically; FILE.tmp while writing). An existing file is refused "
+                  "unless --force; links, devices and directories are always refused")
+      ->required();
+  cmd->add_flag("--force", args->force, "Replace an existing dataset file at --out (atomically, once the new one is complete)");
   cmd->add_option("--images", args->images, "idx: images file (e.g. train-images-idx3-ubyte.gz)");
   cmd->add_option("--labels", args->labels, "idx: labels file (e.g. train-labels-idx1-ubyte.gz)");
   cmd->add_option("--csv", args->csv, "csv: input file with a header line (plain or .gz)");
@@ -149,6 +167,8 @@ void install_ingest(CLI::App& app) {
       "               --feature-type uint8 --feature-shape 28x28 --out records.h5\n"
       "Prints a JSON summary of the new dataset on stdout.");
   cmd->callback([args] {
+    storage::check_output_path(args->out, args->force ? storage::ExistingOutput::kReplace : storage::ExistingOutput::kRefuse,
+                               "--force");
     storage::IngestOptions options;
     options.out = args->out;
     options.seed = args->seed;
@@ -234,6 +254,33 @@ struct EraseArguments {
   bool allow_public = false;
 };
 
+// `lethe erase` and `lethe compact` change a dataset outside any job. Refused for the dataset of a
+// job that still exists: its models would keep records the file no longer holds, and a later deletion
+// would find them "already erased" and touch no model. Also refused while a job's writer holds the
+// file (storage/job_lock.h). Returns the lock to hold while editing.
+std::unique_ptr<storage::DatasetLock> lock_for_direct_edit(const std::string& data, std::string_view command) {
+  const auto real = storage::resolve_data_file(data);
+  auto lock = std::make_unique<storage::DatasetLock>(real, storage::DatasetLock::Mode::kDirectEdit);
+  const auto uuid = storage::Dataset::open(real).uuid();
+  for (const auto& job : storage::dataset_jobs(real)) {
+    if (!std::filesystem::exists(trainer::job_manifest_path(job))) continue;  // retired: its directory is gone
+    std::string why;
+    try {
+      if (trainer::read_job_manifest(job).dataset.uuid != uuid) continue;  // the job trains on another copy
+      why = "it is the dataset of job " + job.string();
+    } catch (const std::exception& e) {
+      why = "job " + job.string() + " names it and its manifest cannot be read (" + e.what() + ")";
+    }
+    throw lethe::storage::StorageError(
+        lethe::storage::StorageErrorKind::kRefused,
+        "refusing to " + std::string(command) + " " + real.string() + ": " + why + ", and the job's models would keep " +
+            "what the file no longer holds. Delete records through the job (`lethe delete --job " + job.string() +
+            " --record ID`, or POST /v1/deletions to its service): every model forgets them, then their bytes are "
+            "erased. If the job is retired, remove its directory first. Nothing was changed");
+  }
+  return lock;
+}
+
 void install_erase(CLI::App& app) {
   auto args = std::make_shared<EraseArguments>();
   CLI::App* cmd = app.add_subcommand(
@@ -251,6 +298,7 @@ void install_erase(CLI::App& app) {
       "Unknown ids fail the whole command and change nothing. Run `lethe compact` afterwards to drop the rows.");
   cmd->callback([args] {
     if (args->ids.empty() && args->subject.empty()) throw std::invalid_argument("erase needs --id ID or --subject S");
+    const auto lock = lock_for_direct_edit(args->data, "erase records of");
     const storage::ErasureOptions options{args->allow_public};
     const storage::ErasureReport report = args->subject.empty()
                                               ? storage::erase_records(args->data, args->ids, options)
@@ -270,6 +318,7 @@ void install_compact(CLI::App& app) {
   cmd->add_option("--data", *data, "Dataset file")->required();
   cmd->footer("Example:\n  lethe compact --data train.h5\nThe file is replaced atomically (FILE.tmp, fsync, rename).");
   cmd->callback([data] {
+    const auto lock = lock_for_direct_edit(*data, "compact");
     const storage::CompactionReport report = storage::compact(*data);
     print({{"file", report.file.string()},
            {"rows_before", report.rows_before},

@@ -11,6 +11,7 @@
 #include "launch/command_registry.h"
 #include "launch/job_config.h"
 #include "storage/dataset.h"
+#include "storage/durable_file.h"
 #include "trainer/compute_threads.h"
 #include "trainer/ensemble.h"
 #include "trainer/job.h"
@@ -25,10 +26,15 @@ struct PretrainArgs {
   std::string import_file;
   std::string out;
   std::string eval_data;
+  bool force = false;
 };
 
 void run(const PretrainArgs& args) {
   const auto config = load_job_config(args.config);
+  const std::filesystem::path out = args.out.empty() ? config.backbone : std::filesystem::path(args.out);
+  // Before any training: an existing backbone (jobs may have been trained on it) is replaced only on request.
+  storage::check_output_path(out, args.force ? storage::ExistingOutput::kReplace : storage::ExistingOutput::kRefuse,
+                             "--force");
   trainer::check_device(config.device, config.source);
   trainer::set_compute_threads(config.threads);
   const torch::Device device(config.device == "cuda" ? torch::kCUDA : torch::kCPU);
@@ -40,7 +46,6 @@ void run(const PretrainArgs& args) {
   auto model_config = config.model;
   trainer::set_input_shape(model_config, dataset.layout());
   trainer::LetheModel model(model_config, trainer::mix_seed(config.seed, 20));
-  const std::filesystem::path out = args.out.empty() ? config.backbone : std::filesystem::path(args.out);
   nlohmann::json report = {{"backbone", out.string()}, {"model", trainer::to_json(model_config)}};
   storage::RecordFilter filter;
   filter.public_records = storage::PublicRecords::only;
@@ -91,7 +96,10 @@ void install(CLI::App& app) {
       "  lethe pretrain --config job.yaml --import exported_from_pytorch.h5   # layout: docs/BACKBONE.md");
   cmd->add_option("--config", args->config, "YAML job config (model, pretrain, dataset and backbone keys)")->required();
   cmd->add_option("--import", args->import_file, "Backbone weights (HDF5) to check against the config and install");
-  cmd->add_option("--out", args->out, "Where to write the backbone (default: the config's backbone)");
+  cmd->add_option("--out", args->out,
+                  "Where to write the backbone (default: the config's backbone). An existing file is refused unless "
+                  "--force; links, devices and directories are always refused");
+  cmd->add_flag("--force", args->force, "Replace an existing backbone file (atomically, once the new one is complete)");
   cmd->add_option("--eval-data", args->eval_data, "Dataset for the head-alone accuracy (default: test_dataset)");
   cmd->callback([args] { run(*args); });
 }

@@ -36,13 +36,13 @@ echo "== 1/6 ingest Fashion-MNIST (train with a 10% public part and subjects, an
 awk 'BEGIN { print "id,subject"; for (i = 0; i < 60000; i++) printf "train-%d,user-%05d\n", i, int(i / 6) }' \
   > data/fashion-subjects.csv
 "$lethe" ingest --format idx --images "$fm/train-images-idx3-ubyte.gz" --labels "$fm/train-labels-idx1-ubyte.gz" \
-  --out data/fashion-train.h5 --public-fraction 0.1 --seed 1 --subjects data/fashion-subjects.csv >/dev/null
+  --out data/fashion-train.h5 --force --public-fraction 0.1 --seed 1 --subjects data/fashion-subjects.csv >/dev/null
 "$lethe" ingest --format idx --images "$fm/t10k-images-idx3-ubyte.gz" --labels "$fm/t10k-labels-idx1-ubyte.gz" \
-  --out data/fashion-test.h5 --seed 1 >/dev/null
+  --out data/fashion-test.h5 --force --seed 1 >/dev/null
 "$lethe" inspect data/fashion-train.h5 | tee runs/inspect-train.json
 
 echo "== 2/6 pretrain the backbone on the public records =="
-"$lethe" pretrain --config "$config" | tee runs/pretrain.json
+"$lethe" pretrain --config "$config" --force | tee runs/pretrain.json
 
 echo "== 3/6 S3T and noisy-GD training on $ranks MPI ranks =="
 mpi=(mpiexec --oversubscribe -np "$ranks")

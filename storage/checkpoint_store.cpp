@@ -146,9 +146,12 @@ void CheckpointStore::commit_manifest(const std::string& name, const Manifest& m
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out << doc.dump(2) << '\n';
     out.close();
-    if (!out)
+    if (!out) {
+      std::error_code ignored;
+      fs::remove(tmp, ignored);  // a partial manifest must not stay behind on a full disk
       throw StorageError("cannot write checkpoint manifest '" + tmp.string() +
                          "': check that the directory is writable and the disk has space");
+    }
   }
   reach(CommitStage::kManifestWritten);
   commit_file(tmp, target);

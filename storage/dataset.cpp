@@ -16,6 +16,7 @@
 #include "storage/error.h"
 #include "storage/hashing.h"
 #include "storage/hdf5.h"
+#include "storage/row_index.h"
 
 namespace lethe::storage {
 namespace fs = std::filesystem;
@@ -53,7 +54,7 @@ h5::PropList checksummed_chunks(const std::vector<hsize_t>& chunk, const std::st
 }
 
 template <typename T>
-void write_1d(hid_t file, const char* name, hid_t stored_type, hid_t memory, const std::vector<T>& values,
+void write_1d(hid_t file, const char* name, hid_t stored_type, hid_t memory, std::span<const T> values,
               const std::string& where) {
   const std::string what = "writing '" + std::string(name) + "' in '" + where + "'";
   const hsize_t size = values.size();
@@ -137,7 +138,12 @@ FeatureType parse_feature_type(std::string_view text) {
 size_t element_size(FeatureType type) { return type == FeatureType::uint8 ? 1 : 4; }
 
 uint64_t DatasetLayout::values_per_record() const {
-  return std::accumulate(feature_shape.begin(), feature_shape.end(), uint64_t{1}, std::multiplies<>());
+  uint64_t values = 1;
+  for (const uint64_t size : feature_shape) {
+    if (size != 0 && values > UINT64_MAX / size) return UINT64_MAX;
+    values *= size;
+  }
+  return values;
 }
 
 uint64_t DatasetLayout::bytes_per_record() const { return values_per_record() * element_size(feature_type); }
@@ -162,8 +168,12 @@ struct DatasetWriter::Impl {
   std::vector<uint32_t> subject_lengths;
   std::vector<int32_t> labels;
   std::vector<uint8_t> public_flags;
-  std::unordered_map<std::string, uint64_t> rows_by_id;
+  RowIndex rows_by_id;  // duplicate detection in 4-8 bytes per record, reading ids from id_chars
   bool done = false;
+
+  [[nodiscard]] std::string_view id_of(uint64_t row) const {
+    return {id_chars.data() + id_offsets[row], id_offsets[row + 1] - id_offsets[row]};
+  }
 
   [[nodiscard]] std::string where() const { return "'" + temporary.string() + "' (being written for '" + path.string() + "')"; }
 
@@ -195,6 +205,10 @@ DatasetWriter::DatasetWriter(fs::path path, DatasetLayout layout) : impl_(std::m
   w.layout = std::move(layout);
   if (w.layout.feature_shape.empty() || w.layout.values_per_record() == 0)
     throw std::invalid_argument("a dataset needs a non-empty feature shape with no zero dimension (writing '" +
+                                w.path.string() + "')");
+  if (w.layout.values_per_record() > kMaxValuesPerRecord)
+    throw std::invalid_argument("a record of shape " + nlohmann::json(w.layout.feature_shape).dump() + " has more than " +
+                                std::to_string(kMaxValuesPerRecord) + " feature values, the most a record may have (writing '" +
                                 w.path.string() + "')");
   w.record_bytes = w.layout.bytes_per_record();
   if (w.layout.uuid.empty()) w.layout.uuid = random_uuid();
@@ -240,12 +254,18 @@ void DatasetWriter::append(std::string_view id, std::string_view subject, int32_
                                 std::to_string(w.record_bytes));
   const uint64_t row = w.labels.size();
   if (id.empty()) throw StorageError("record at row " + std::to_string(row) + " of " + w.where() + " has an empty id");
-  const auto [it, inserted] = w.rows_by_id.emplace(std::string(id), row);
-  if (!inserted)
-    throw StorageError("duplicate record id '" + std::string(id) + "' at rows " + std::to_string(it->second) + " and " +
+  if (row >= kMaxDatasetRecords)
+    throw StorageError(StorageErrorKind::kRefused,
+                       w.where() + " would hold more than " + std::to_string(kMaxDatasetRecords) +
+                           " records, the most one dataset file may hold (its index is kept in memory): split the "
+                           "input into several datasets. Nothing was written");
+  const auto id_of = [&w](uint64_t r) { return w.id_of(r); };
+  if (const auto first = w.rows_by_id.find(id, id_of))
+    throw StorageError("duplicate record id '" + std::string(id) + "' at rows " + std::to_string(*first) + " and " +
                        std::to_string(row) + " of " + w.where() + ": ids must be unique");
   w.id_chars.append(id);
   w.id_offsets.push_back(w.id_chars.size());
+  (void)w.rows_by_id.insert(id, row, id_of);  // not there: checked above
   w.subject_offsets.push_back(w.subject_chars.size());
   w.subject_lengths.push_back(static_cast<uint32_t>(subject.size()));
   w.subject_chars.append(subject);
@@ -256,9 +276,8 @@ void DatasetWriter::append(std::string_view id, std::string_view subject, int32_
 }
 
 std::optional<uint64_t> DatasetWriter::row_of(std::string_view id) const {
-  const auto it = impl_->rows_by_id.find(std::string(id));
-  if (it == impl_->rows_by_id.end()) return std::nullopt;
-  return it->second;
+  const Impl& w = *impl_;
+  return w.rows_by_id.find(id, [&w](uint64_t r) { return w.id_of(r); });
 }
 
 uint64_t DatasetWriter::size() const { return impl_->labels.size(); }
@@ -271,15 +290,14 @@ void DatasetWriter::commit() {
   w.write_pending();
   const hid_t file = w.file.get();
   const std::string where = w.where();
-  write_1d(file, kLabels, H5T_STD_I32LE, H5T_NATIVE_INT32, w.labels, where);
-  write_1d(file, kPublic, H5T_STD_U8LE, H5T_NATIVE_UINT8, w.public_flags, where);
-  write_1d(file, kTombstoned, H5T_STD_U8LE, H5T_NATIVE_UINT8, std::vector<uint8_t>(w.labels.size(), 0), where);
-  write_1d(file, kIdChars, H5T_STD_U8LE, H5T_NATIVE_UINT8, std::vector<uint8_t>(w.id_chars.begin(), w.id_chars.end()), where);
-  write_1d(file, kIdOffsets, H5T_STD_U64LE, H5T_NATIVE_UINT64, w.id_offsets, where);
-  write_1d(file, kSubjectChars, H5T_STD_U8LE, H5T_NATIVE_UINT8,
-           std::vector<uint8_t>(w.subject_chars.begin(), w.subject_chars.end()), where);
-  write_1d(file, kSubjectOffsets, H5T_STD_U64LE, H5T_NATIVE_UINT64, w.subject_offsets, where);
-  write_1d(file, kSubjectLengths, H5T_STD_U32LE, H5T_NATIVE_UINT32, w.subject_lengths, where);
+  write_1d<int32_t>(file, kLabels, H5T_STD_I32LE, H5T_NATIVE_INT32, w.labels, where);
+  write_1d<uint8_t>(file, kPublic, H5T_STD_U8LE, H5T_NATIVE_UINT8, w.public_flags, where);
+  write_1d<uint8_t>(file, kTombstoned, H5T_STD_U8LE, H5T_NATIVE_UINT8, std::vector<uint8_t>(w.labels.size(), 0), where);
+  write_1d<char>(file, kIdChars, H5T_STD_U8LE, H5T_NATIVE_UINT8, w.id_chars, where);  // no copy of the ids
+  write_1d<uint64_t>(file, kIdOffsets, H5T_STD_U64LE, H5T_NATIVE_UINT64, w.id_offsets, where);
+  write_1d<char>(file, kSubjectChars, H5T_STD_U8LE, H5T_NATIVE_UINT8, w.subject_chars, where);
+  write_1d<uint64_t>(file, kSubjectOffsets, H5T_STD_U64LE, H5T_NATIVE_UINT64, w.subject_offsets, where);
+  write_1d<uint32_t>(file, kSubjectLengths, H5T_STD_U32LE, H5T_NATIVE_UINT32, w.subject_lengths, where);
 
   h5::Group root(h5::check(H5Gopen2(file, "/", H5P_DEFAULT), "opening the root group of " + where));
   h5::write_string_attribute(root.get(), "lethe_format", std::string(kDatasetFormat));
@@ -314,16 +332,23 @@ struct Dataset::Impl {
   std::string id_chars;
   std::vector<uint64_t> id_offsets;
   std::vector<uint64_t> subject_offsets;
-  std::vector<uint32_t> subject_lengths;
-  std::vector<std::string> subjects;
+  std::vector<uint32_t> subject_lengths;  // 0 once erased
+  std::string subject_chars;
   std::vector<int32_t> labels;
   std::vector<uint8_t> public_flags;
   std::vector<uint8_t> tombstoned;
   uint64_t tombstoned_count = 0;
   uint64_t public_live_count = 0;
-  std::unordered_map<std::string_view, uint64_t> row_by_id;  // views into id_chars
+  RowIndex row_by_id;  // reads ids from id_chars
   std::unordered_map<std::string, std::vector<uint64_t>> live_rows_by_subject;
   mutable std::vector<uint8_t> scratch;  // at most one chunk of features
+
+  [[nodiscard]] std::string_view id_of(uint64_t row) const {
+    return {id_chars.data() + id_offsets[row], id_offsets[row + 1] - id_offsets[row]};
+  }
+  [[nodiscard]] std::string_view subject_of(uint64_t row) const {
+    return {subject_chars.data() + subject_offsets[row], subject_lengths[row]};
+  }
 
   void check_row(uint64_t row) const {
     if (row >= rows)
@@ -392,8 +417,10 @@ Dataset Dataset::open(const fs::path& path, bool writable) {
   d->layout.source = attribute("source");
   if (h5::has_attribute(root.get(), "uuid")) d->layout.uuid = h5::read_string_attribute(root.get(), "uuid");
   root.reset();
-  if (d->layout.feature_shape.empty() || d->layout.values_per_record() == 0)
-    throw StorageError(StorageErrorKind::kDamaged, damaged(path, "attribute 'feature_shape' is empty or has a zero dimension"));
+  if (d->layout.feature_shape.empty() || d->layout.values_per_record() == 0 ||
+      d->layout.values_per_record() > kMaxValuesPerRecord)
+    throw StorageError(StorageErrorKind::kDamaged, damaged(path, "attribute 'feature_shape' is empty, has a zero dimension or "
+                                                                 "more than " + std::to_string(kMaxValuesPerRecord) + " values"));
   d->record_bytes = d->layout.bytes_per_record();
   d->assigner.emplace(d->layout.seed);
 
@@ -432,29 +459,30 @@ Dataset Dataset::open(const fs::path& path, bool writable) {
   d->id_chars.assign(id_chars.begin(), id_chars.end());
   d->id_offsets = read_1d<uint64_t>(file, kIdOffsets, H5T_NATIVE_UINT64, d->rows + 1, path);
   const auto subject_chars = read_1d<uint8_t>(file, kSubjectChars, H5T_NATIVE_UINT8, UINT64_MAX, path);
+  d->subject_chars.assign(subject_chars.begin(), subject_chars.end());
   d->subject_offsets = read_1d<uint64_t>(file, kSubjectOffsets, H5T_NATIVE_UINT64, d->rows, path);
   d->subject_lengths = read_1d<uint32_t>(file, kSubjectLengths, H5T_NATIVE_UINT32, d->rows, path);
 
   if (d->id_offsets.front() != 0 || d->id_offsets.back() != d->id_chars.size() ||
       !std::is_sorted(d->id_offsets.begin(), d->id_offsets.end()))
     throw StorageError(StorageErrorKind::kDamaged, damaged(path, "'id_offsets' does not index 'id_chars'"));
-  d->subjects.resize(d->rows);
-  d->row_by_id.reserve(d->rows);
+  if (d->rows > RowIndex::kMaxRows)
+    throw StorageError(StorageErrorKind::kRefused, name + " holds " + std::to_string(d->rows) + " records, more than " +
+                                                       std::to_string(RowIndex::kMaxRows) + " this lethe can index");
+  const Impl& index = *d;
+  const auto id_of = [&index](uint64_t r) { return index.id_of(r); };
   for (uint64_t row = 0; row < d->rows; ++row) {
-    const std::string_view id(d->id_chars.data() + d->id_offsets[row], d->id_offsets[row + 1] - d->id_offsets[row]);
-    const auto [it, inserted] = d->row_by_id.emplace(id, row);
-    if (!inserted)
-      throw StorageError(StorageErrorKind::kDamaged, damaged(path, "id '" + std::string(id) + "' appears at rows " + std::to_string(it->second) +
+    const std::string_view id = d->id_of(row);
+    if (const auto first = d->row_by_id.insert(id, row, id_of))
+      throw StorageError(StorageErrorKind::kDamaged, damaged(path, "id '" + std::string(id) + "' appears at rows " + std::to_string(*first) +
                                            " and " + std::to_string(row)));
-    if (d->subject_offsets[row] + d->subject_lengths[row] > subject_chars.size())
+    if (d->subject_offsets[row] + d->subject_lengths[row] > d->subject_chars.size())
       throw StorageError(StorageErrorKind::kDamaged, damaged(path, "the subject of row " + std::to_string(row) + " lies outside 'subject_chars'"));
-    const auto* first = subject_chars.data() + d->subject_offsets[row];
-    d->subjects[row].assign(first, first + d->subject_lengths[row]);
     if (d->tombstoned[row]) {
       ++d->tombstoned_count;
     } else {
       if (d->public_flags[row]) ++d->public_live_count;
-      if (!d->subjects[row].empty()) d->live_rows_by_subject[d->subjects[row]].push_back(row);
+      if (d->subject_lengths[row] > 0) d->live_rows_by_subject[std::string(d->subject_of(row))].push_back(row);
     }
   }
   return Dataset(std::move(d));
@@ -469,11 +497,11 @@ uint64_t Dataset::public_count() const { return impl_->public_live_count; }
 
 std::string_view Dataset::id(uint64_t row) const {
   impl_->check_row(row);
-  return {impl_->id_chars.data() + impl_->id_offsets[row], impl_->id_offsets[row + 1] - impl_->id_offsets[row]};
+  return impl_->id_of(row);
 }
 std::string_view Dataset::subject(uint64_t row) const {
   impl_->check_row(row);
-  return impl_->subjects[row];
+  return impl_->subject_of(row);
 }
 int32_t Dataset::label(uint64_t row) const {
   impl_->check_row(row);
@@ -489,9 +517,8 @@ bool Dataset::is_tombstoned(uint64_t row) const {
 }
 
 std::optional<uint64_t> Dataset::find(std::string_view id) const {
-  const auto it = impl_->row_by_id.find(id);
-  if (it == impl_->row_by_id.end()) return std::nullopt;
-  return it->second;
+  const Impl& d = *impl_;
+  return d.row_by_id.find(id, [&d](uint64_t r) { return d.id_of(r); });
 }
 
 std::string Dataset::content_digest(std::span<const uint64_t> assume_tombstoned) const {
@@ -629,10 +656,11 @@ std::vector<uint64_t> Dataset::erase_rows(std::span<const uint64_t> rows) {
       const std::vector<uint8_t> zeros(count, 0);
       h5::check(H5Dwrite(chars.get(), H5T_NATIVE_UINT8, memory_space.get(), space.get(), H5P_DEFAULT, zeros.data()), what);
       write_element<uint32_t>(file, kSubjectLengths, H5T_NATIVE_UINT32, row, 0, d.path);
-      auto& subject_rows = d.live_rows_by_subject[d.subjects[row]];
+      const std::string subject(d.subject_of(row));
+      auto& subject_rows = d.live_rows_by_subject[subject];
       std::erase(subject_rows, row);
-      if (subject_rows.empty()) d.live_rows_by_subject.erase(d.subjects[row]);
-      d.subjects[row].clear();
+      if (subject_rows.empty()) d.live_rows_by_subject.erase(subject);
+      std::fill_n(d.subject_chars.begin() + static_cast<std::ptrdiff_t>(d.subject_offsets[row]), d.subject_lengths[row], '\0');
       d.subject_lengths[row] = 0;
     }
     write_element<uint8_t>(file, kTombstoned, H5T_NATIVE_UINT8, row, 1, d.path);
@@ -664,6 +692,49 @@ bool RecordStream::next(RecordBatch& batch) {
   batch.features.resize(count * dataset_->layout().bytes_per_record());
   dataset_->read_features(batch.rows, batch.features);
   return true;
+}
+
+namespace {
+constexpr const char* kJobsAttribute = "lethe_jobs";
+
+std::vector<std::filesystem::path> read_dataset_jobs(hid_t root, const std::filesystem::path& file) {
+  std::vector<std::filesystem::path> jobs;
+  if (!h5::has_attribute(root, kJobsAttribute)) return jobs;
+  const auto text = h5::read_string_attribute(root, kJobsAttribute);
+  try {
+    for (const auto& job : nlohmann::json::parse(text)) jobs.emplace_back(job.get<std::string>());
+  } catch (const nlohmann::json::exception&) {
+    throw StorageError(StorageErrorKind::kDamaged, damaged(file, std::string("attribute '") + kJobsAttribute +
+                                                                     "' is not a JSON array of paths: '" + text + "'"));
+  }
+  return jobs;
+}
+}  // namespace
+
+std::vector<std::filesystem::path> dataset_jobs(const std::filesystem::path& file) {
+  h5::silence_error_printing();
+  const auto h5file = h5::open_file(file.string(), /*writable=*/false);
+  h5::Group root(h5::check(H5Gopen2(h5file.get(), "/", H5P_DEFAULT), "opening the root group of " + file.string()));
+  return read_dataset_jobs(root.get(), file);
+}
+
+void add_dataset_job(const std::filesystem::path& file, const std::filesystem::path& job_dir) {
+  h5::silence_error_printing();
+  const auto job = std::filesystem::absolute(job_dir).lexically_normal();
+  auto h5file = h5::open_file(file.string(), /*writable=*/true);
+  {
+    h5::Group root(h5::check(H5Gopen2(h5file.get(), "/", H5P_DEFAULT), "opening the root group of " + file.string()));
+    auto jobs = read_dataset_jobs(root.get(), file);
+    if (std::find(jobs.begin(), jobs.end(), job) != jobs.end()) return;
+    jobs.push_back(job);
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& path : jobs) list.push_back(path.string());
+    if (h5::has_attribute(root.get(), kJobsAttribute)) {
+      h5::check(H5Adelete(root.get(), kJobsAttribute), "replacing attribute 'lethe_jobs' of " + file.string());
+    }
+    h5::write_string_attribute(root.get(), kJobsAttribute, list.dump());
+  }
+  h5::check(H5Fflush(h5file.get(), H5F_SCOPE_GLOBAL), "flushing " + file.string());
 }
 
 }  // namespace lethe::storage

@@ -19,6 +19,11 @@ namespace lethe::storage {
 // newest layout version this code reads and writes.
 inline constexpr std::string_view kDatasetFormat = "lethe-dataset";
 inline constexpr int kDatasetFormatVersion = 1;
+// The most records one dataset file may hold: a reader keeps the index (ids, subjects, labels,
+// flags: about 40 bytes plus the id and subject per record) in memory. DatasetWriter refuses more.
+inline constexpr uint64_t kMaxDatasetRecords = 100'000'000;
+// The most feature values one record may have (64 MiB of float32): a larger shape is refused.
+inline constexpr uint64_t kMaxValuesPerRecord = uint64_t{1} << 24;
 
 enum class FeatureType { uint8, float32 };
 [[nodiscard]] std::string_view to_string(FeatureType type);
@@ -38,7 +43,7 @@ struct DatasetLayout {
   // writer should make one (random), and in files written before it existed.
   std::string uuid;
 
-  [[nodiscard]] uint64_t values_per_record() const;
+  [[nodiscard]] uint64_t values_per_record() const;  // UINT64_MAX when the product overflows
   [[nodiscard]] uint64_t bytes_per_record() const;
 };
 
@@ -53,7 +58,8 @@ class DatasetWriter {
   ~DatasetWriter();
 
   // Appends one record; `features` holds bytes_per_record() bytes in native byte order.
-  // Throws StorageError on an empty or duplicate id (naming both rows).
+  // Throws StorageError on an empty or duplicate id (naming both rows), and (kRefused) past
+  // kMaxDatasetRecords records.
   void append(std::string_view id, std::string_view subject, int32_t label, bool is_public,
               std::span<const uint8_t> features);
   [[nodiscard]] std::optional<uint64_t> row_of(std::string_view id) const;
@@ -170,5 +176,13 @@ class RecordStream {
   size_t batch_records_;
   size_t position_ = 0;
 };
+
+// The job directories trained on a dataset file: its root attribute "lethe_jobs", a JSON array of
+// absolute paths that `lethe train` adds to when it creates a job. `lethe erase` and `lethe compact`
+// refuse the dataset of a job that still exists: changed outside the job, the file would no longer
+// match what the job's models hold. Empty for a file no job has claimed.
+[[nodiscard]] std::vector<std::filesystem::path> dataset_jobs(const std::filesystem::path& file);
+// Adds `job_dir` (made absolute) to the file's "lethe_jobs", in place; nothing when already there.
+void add_dataset_job(const std::filesystem::path& file, const std::filesystem::path& job_dir);
 
 }  // namespace lethe::storage

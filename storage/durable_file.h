@@ -17,8 +17,24 @@ void fsync_file(const std::filesystem::path& path);
 void fsync_directory(const std::filesystem::path& dir);
 
 // Atomically replaces `target` by `written`: fsync(written), rename, fsync(directory).
-// A crash at any point leaves either the old or the new `target`, never a torn one.
+// A crash at any point leaves either the old or the new `target`, never a torn one. Refuses
+// (StorageError kRefused, before anything is renamed) a `target` that exists and is not a regular
+// file: a device node, FIFO, socket, directory or symlink is never replaced by a commit.
 void commit_file(const std::filesystem::path& written, const std::filesystem::path& target);
+
+// How a command treats a regular file already at an output path the operator named.
+enum class ExistingOutput { kRefuse, kReplace };
+
+// Checks an output path an operator named (`lethe ingest --out`, `lethe pretrain`'s backbone) before
+// any work: StorageError (kRefused) naming the path and what to do when it, or its temporary
+// (temp_path_for), exists and is not a regular file (device, FIFO, socket, directory, symlink), or
+// when it is an existing regular file and `existing` is kRefuse (`force_flag` allows replacing it).
+void check_output_path(const std::filesystem::path& path, ExistingOutput existing, std::string_view force_flag);
+
+// The file `path` names with every symlink resolved, so that a command rewriting or erasing a
+// file works on the real one and leaves no copy behind a link. StorageError (kNotFound) naming the
+// path when it does not exist.
+[[nodiscard]] std::filesystem::path resolve_data_file(const std::filesystem::path& path);
 
 // Writes `content` to "<path>.tmp" and commits it to `path` (commit_file). StorageError naming the
 // file when a write fails (e.g. a full disk); the old `path`, if any, is left as it was.

@@ -2,6 +2,7 @@
 
 #include <unordered_set>
 
+#include "storage/durable_file.h"
 #include "storage/error.h"
 #include "storage/progress.h"
 
@@ -54,21 +55,24 @@ ErasureReport erase_subject(Dataset& dataset, std::string_view subject, const Er
 
 ErasureReport erase_records(const std::filesystem::path& file, std::span<const std::string> ids,
                             const ErasureOptions& options) {
-  Dataset dataset = Dataset::open(file, /*writable=*/true);
+  Dataset dataset = Dataset::open(resolve_data_file(file), /*writable=*/true);
   return erase_records(dataset, ids, options);
 }
 
 ErasureReport erase_subject(const std::filesystem::path& file, std::string_view subject, const ErasureOptions& options) {
-  Dataset dataset = Dataset::open(file, /*writable=*/true);
+  Dataset dataset = Dataset::open(resolve_data_file(file), /*writable=*/true);
   return erase_subject(dataset, subject, options);
 }
 
 CompactionReport compact(const std::filesystem::path& file, size_t batch_records) {
+  // The real file: rewriting a symlink's path would replace the link and leave the old copy, with
+  // the tombstoned rows' ids, where the link pointed.
+  const std::filesystem::path real = resolve_data_file(file);
   CompactionReport report;
-  report.file = file;
-  std::optional<Dataset> source(Dataset::open(file, /*writable=*/false));
+  report.file = real;
+  std::optional<Dataset> source(Dataset::open(real, /*writable=*/false));
   report.rows_before = source->size();
-  DatasetWriter writer(file, source->layout());
+  DatasetWriter writer(real, source->layout());
   RecordFilter live;  // every public flag, no tombstones
   RecordStream stream = source->stream(live, batch_records);
   RecordBatch batch;

@@ -33,7 +33,7 @@ ErasureReport erase_records(Dataset& dataset, std::span<const std::string> ids, 
 // Erases every live record of `subject`; throws StorageError when it has none.
 ErasureReport erase_subject(Dataset& dataset, std::string_view subject, const ErasureOptions& options = {});
 
-// The same on a file path (opened writable for the call).
+// The same on a file path (opened writable for the call; a symlink is resolved to the real file).
 ErasureReport erase_records(const std::filesystem::path& file, std::span<const std::string> ids,
                             const ErasureOptions& options = {});
 ErasureReport erase_subject(const std::filesystem::path& file, std::string_view subject,
@@ -48,6 +48,7 @@ struct CompactionReport {
 
 // Rewrites `file` without its tombstoned rows, keeping the order, seed and layout of the
 // others, through "<file>.tmp" and the commit protocol: a crash leaves the old or new file.
+// A symlink is resolved first: the real file is rewritten (report.file) and the link stays valid.
 CompactionReport compact(const std::filesystem::path& file, size_t batch_records = 4096);
 
 }  // namespace lethe::storage

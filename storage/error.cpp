@@ -10,6 +10,7 @@ std::string_view to_string(StorageErrorKind kind) {
     case StorageErrorKind::kLocked: return "locked";
     case StorageErrorKind::kIdempotencyConflict: return "idempotency_conflict";
     case StorageErrorKind::kRefused: return "refused";
+    case StorageErrorKind::kNoSpace: return "no_space";
   }
   return "unknown";
 }

@@ -16,6 +16,7 @@ enum class StorageErrorKind {
   kLocked,               // another process holds the job (storage/job_lock.h)
   kIdempotencyConflict,  // an idempotency key reused for a different request (storage/ledger.h)
   kRefused,              // an operation the data does not allow (e.g. erasing a public record)
+  kNoSpace,              // the file system is full (ENOSPC, SQLITE_FULL): transient, retry once space is freed
 };
 [[nodiscard]] std::string_view to_string(StorageErrorKind kind);
 

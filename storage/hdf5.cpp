@@ -1,12 +1,31 @@
 #include "storage/hdf5.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <filesystem>
 #include <mutex>
 #include <vector>
 
 namespace lethe::storage::h5 {
 
+namespace {
+
+// HDF5's exit handler closes every file still open, and crashes on one whose close failed (a flush
+// on a full disk: issue 14, `lethe train` exiting 139). Lethe closes, flushes and fsyncs every file
+// it means to keep before it returns (RAII owners, explicit flushes), so nothing depends on that
+// handler: it is turned off before the library's first use, at static initialization.
+const bool kNoExitHandler = [] {
+  (void)H5dont_atexit();
+  return true;
+}();
+
+}  // namespace
+
 void silence_error_printing() {
+  (void)kNoExitHandler;
   static std::once_flag once;
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
 }
@@ -24,8 +43,40 @@ std::string last_error_message() {
       },
       &message);
   H5Eclear2(H5E_DEFAULT);
+  std::replace(message.begin(), message.end(), '\n', ' ');  // one-line errors (the file driver's text has a newline)
   return message.empty() ? "unknown HDF5 error" : message;
 }
+
+herr_t close_file(hid_t file) {
+  // Flush first: a flush that fails leaves the file intact (a failed H5Fclose does not: the id stays
+  // but its file is half torn down, and HDF5's exit handler crashes on it).
+  if (H5Fflush(file, H5F_SCOPE_LOCAL) >= 0) return H5Fclose(file);
+  H5Eclear2(H5E_DEFAULT);
+  void* handle = nullptr;
+  const int sink = ::memfd_create("lethe-discarded-hdf5", MFD_CLOEXEC);
+  if (sink >= 0 && H5Fget_vfd_handle(file, H5P_DEFAULT, &handle) >= 0 && handle != nullptr) {
+    const int fd = *static_cast<int*>(handle);  // the sec2 driver's descriptor
+    (void)::dup3(sink, fd, O_CLOEXEC);          // the pending writes now go to memory, and succeed
+  }
+  if (sink >= 0) ::close(sink);
+  const herr_t closed = H5Fclose(file);
+  H5Eclear2(H5E_DEFAULT);
+  return closed;
+}
+
+namespace {
+
+// The file access properties of every file lethe opens or creates: no HDF5 file lock (see
+// open_file), and a strong close degree, so that closing a file closes any object whose own close
+// failed on an error path instead of leaving the file open behind it.
+PropList file_access(const std::string& what) {
+  PropList access(check(H5Pcreate(H5P_FILE_ACCESS), what));
+  check(H5Pset_file_locking(access.get(), false, true), what);
+  check(H5Pset_fclose_degree(access.get(), H5F_CLOSE_STRONG), what);
+  return access;
+}
+
+}  // namespace
 
 bool is_hdf5(const std::string& path) {
   silence_error_printing();
@@ -48,8 +99,7 @@ File open_file(const std::string& path, bool writable) {
   // Writers of a job's files are serialized by the job lock (storage/job_lock.h); ingest and
   // compact write new files and rename them. One setting for every open: HDF5 refuses to open a
   // file twice in one process with different locking.
-  PropList access(check(H5Pcreate(H5P_FILE_ACCESS), "opening '" + path + "'"));
-  check(H5Pset_file_locking(access.get(), false, true), "opening '" + path + "'");
+  PropList access = file_access("opening '" + path + "'");
   File file(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, access.get()));
   if (!file)
     throw StorageError("cannot open '" + path + "'" + (writable ? " for writing" : "") + ": " +
@@ -59,8 +109,7 @@ File open_file(const std::string& path, bool writable) {
 
 File create_file(const std::string& path) {
   silence_error_printing();
-  PropList access(check(H5Pcreate(H5P_FILE_ACCESS), "creating '" + path + "'"));
-  check(H5Pset_file_locking(access.get(), false, true), "creating '" + path + "'");  // as open_file
+  PropList access = file_access("creating '" + path + "'");  // as open_file
   File file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access.get()));
   if (!file)
     throw StorageError("cannot create '" + path + "': " + last_error_message() +

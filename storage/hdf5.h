@@ -41,7 +41,15 @@ class Owner {
   hid_t id_ = H5I_INVALID_HID;
 };
 
-using File = Owner<H5Fclose>;
+// Closes a file. A close whose flush fails (a full disk, an I/O error) would leave the file half
+// closed inside HDF5, whose exit handler then crashes on it (issue 14); so the file is flushed first,
+// and when that fails its descriptor is pointed at an anonymous memory file, where the pending
+// writes succeed, before it is closed. Only error paths get there, and their callers remove the
+// half-written file (or, for an erasure in place, report it failed). Negative if the close fails;
+// HDF5's own exit handler, which would crash on such a file, is off (storage/hdf5.cpp).
+herr_t close_file(hid_t file);
+
+using File = Owner<close_file>;
 using Group = Owner<H5Gclose>;
 using Dataset = Owner<H5Dclose>;
 using Dataspace = Owner<H5Sclose>;

@@ -5,6 +5,7 @@
 
 #include "storage/csv_reader.h"
 #include "storage/error.h"
+#include "storage/record_id.h"
 
 namespace lethe::storage {
 
@@ -26,6 +27,9 @@ SubjectMapping load_subject_mapping(const std::filesystem::path& file) {
                          " fields but the header (line 1) has " + std::to_string(header.size()));
     std::string id(fields[id_column]);
     if (id.empty()) throw StorageError("subject mapping " + csv.where() + " has an empty id");
+    if (record_id_problem(id)) validate_record_id(id, "the id", "subject mapping " + csv.where());
+    if (!fields[subject_column].empty() && record_id_problem(fields[subject_column]))
+      validate_record_id(fields[subject_column], "the subject", "subject mapping " + csv.where());
     const auto [it, inserted] = line_of_id.emplace(id, csv.line());
     if (!inserted)
       throw StorageError("subject mapping '" + file.string() + "' lists id '" + id + "' twice, on lines " +

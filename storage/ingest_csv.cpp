@@ -4,11 +4,11 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
-#include <unordered_map>
 
 #include "storage/csv_reader.h"
 #include "storage/error.h"
 #include "storage/progress.h"
+#include "storage/record_id.h"
 
 namespace lethe::storage {
 namespace {
@@ -35,6 +35,22 @@ T parse_number(std::string_view field, const CsvReader& csv, const std::vector<s
     throw StorageError(csv.where() + ", " + column_name(header, column) + ": '" + std::string(field) + "' is not " +
                        expected);
   return value;
+}
+
+// A field that must be a record id or subject (storage/record_id.h): refused naming line and column.
+void check_id_field(std::string_view text, const char* what, const CsvReader& csv,
+                    const std::vector<std::string>& header, size_t column) {
+  if (record_id_problem(text)) validate_record_id(text, what, csv.where() + ", " + column_name(header, column));
+}
+
+// The line of the `row`-th record (0-based) of `file`: read again, only for an error message, so that
+// ingest keeps no per-record line numbers.
+uint64_t line_of_row(const std::filesystem::path& file, uint64_t row) {
+  CsvReader csv(file);
+  std::vector<std::string_view> fields;
+  for (uint64_t r = 0; r <= row + 1; ++r)  // + 1: the header
+    if (!csv.next(fields)) break;
+  return csv.line();
 }
 
 }  // namespace
@@ -81,7 +97,6 @@ IngestReport ingest_csv(const CsvSource& source, const IngestOptions& options) {
   IngestSink sink(options, layout);
 
   const std::string prefix = (options.id_prefix.empty() ? default_id_prefix(source.file) : options.id_prefix) + "-";
-  std::unordered_map<std::string, uint64_t> line_of_id;
   std::vector<uint8_t> features(layout.bytes_per_record());
   std::string id;
   uint64_t index = 0;
@@ -110,15 +125,18 @@ IngestReport ingest_csv(const CsvSource& source, const IngestOptions& options) {
     }
     if (id_column >= 0) {
       id = trimmed(fields[id_column]);
-      if (id.empty()) throw StorageError(csv.where() + ", " + column_name(header, id_column) + ": the id is empty");
+      check_id_field(id, "the id", csv, header, id_column);
     } else {
       id = prefix + std::to_string(index);
+      if (record_id_problem(id)) validate_record_id(id, "the generated id (--id-prefix)", csv.where());
     }
-    const auto [it, inserted] = line_of_id.emplace(id, csv.line());
-    if (!inserted)
-      throw StorageError("'" + source.file.string() + "' has the id '" + id + "' twice, on lines " +
-                         std::to_string(it->second) + " and " + std::to_string(csv.line()) + ": ids must be unique");
+    // The writer's index finds duplicates (no second map of ids here); the first line is found again.
+    if (const auto first = sink.row_of(id))
+      throw StorageError("'" + source.file.string() + "' has the id '" + printable_id(id) + "' twice, on lines " +
+                         std::to_string(line_of_row(source.file, *first)) + " and " + std::to_string(csv.line()) +
+                         ": ids must be unique");
     const std::string_view subject = subject_column >= 0 ? trimmed(fields[subject_column]) : std::string_view{};
+    if (!subject.empty()) check_id_field(subject, "the subject", csv, header, subject_column);
     sink.add(id, subject, label, features);
     ++index;
   }

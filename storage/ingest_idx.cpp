@@ -1,10 +1,12 @@
 #include "storage/ingest_idx.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 
 #include "storage/error.h"
 #include "storage/progress.h"
+#include "storage/record_id.h"
 
 namespace lethe::storage {
 
@@ -51,36 +53,50 @@ IngestReport ingest_idx(const IdxSource& source, const IngestOptions& options) {
                        source.labels.string() + "' holds " + std::to_string(labels_header.items()) +
                        " labels: pass the labels file that belongs to these images");
 
-  std::vector<uint8_t> labels(count);
-  labels_input.read_exact(labels.data(), count, std::to_string(count) + " labels");
-  labels_input.expect_end(std::to_string(count) + " labels");
-
   DatasetLayout layout;
   layout.feature_type = FeatureType::uint8;
   layout.feature_shape = {images_header.dims[1], images_header.dims[2]};
+  // Checked before anything is allocated: the header's sizes are the file's word, not its content.
+  if (count > kMaxDatasetRecords)
+    throw StorageError(StorageErrorKind::kRefused, "'" + source.images.string() + "' declares " + std::to_string(count) +
+                                                       " images; a dataset holds at most " +
+                                                       std::to_string(kMaxDatasetRecords) + " records: split the input");
+  if (layout.values_per_record() > kMaxValuesPerRecord)
+    throw StorageError(StorageErrorKind::kRefused,
+                       "'" + source.images.string() + "' declares images of " + std::to_string(images_header.dims[1]) +
+                           "x" + std::to_string(images_header.dims[2]) + " pixels, more than the " +
+                           std::to_string(kMaxValuesPerRecord) + " values a record may have; is it an IDX images file?");
   layout.source = "idx images=" + source.images.string() + " labels=" + source.labels.string();
   IngestSink sink(options, layout);
 
   const std::string prefix = (options.id_prefix.empty() ? default_id_prefix(source.images) : options.id_prefix) + "-";
   const uint64_t image_bytes = images_header.bytes_per_item();
-  constexpr uint64_t kBlockImages = 4096;
-  std::vector<uint8_t> block(kBlockImages * image_bytes);
+  // Labels and images are read block by block, in step: memory stays within ~64 MiB whatever
+  // counts the headers declare (a file declaring 2^32 labels holds them, or fails at its end).
+  constexpr uint64_t kBlockBytes = uint64_t{64} << 20;
+  const uint64_t block_images = std::max<uint64_t>(1, std::min(count, kBlockBytes / image_bytes));
+  std::vector<uint8_t> block(std::min(count, block_images) * image_bytes);
+  std::vector<uint8_t> labels(std::min(count, block_images));
   std::string id = prefix;
   ProgressTask progress("ingest", static_cast<std::int64_t>(count), "records");
-  for (uint64_t first = 0; first < count; first += kBlockImages) {
-    progress.advance(static_cast<std::int64_t>(std::min(kBlockImages, count - first)));
-    const uint64_t n = std::min(kBlockImages, count - first);
-    images_input.read_exact(block.data(), n * image_bytes,
-                            "images " + std::to_string(first) + ".." + std::to_string(first + n - 1) + " of " +
-                                std::to_string(count));
+  for (uint64_t first = 0; first < count; first += block_images) {
+    const uint64_t n = std::min(block_images, count - first);
+    progress.advance(static_cast<std::int64_t>(n));
+    const auto range = std::to_string(first) + ".." + std::to_string(first + n - 1) + " of " + std::to_string(count);
+    labels_input.read_exact(labels.data(), n, "labels " + range);
+    images_input.read_exact(block.data(), n * image_bytes, "images " + range);
     for (uint64_t i = 0; i < n; ++i) {
       char digits[24];
       const auto end = std::to_chars(digits, digits + sizeof digits, first + i).ptr;
       id.resize(prefix.size());
       id.append(digits, end);
-      sink.add(id, {}, labels[first + i], {block.data() + i * image_bytes, image_bytes});
+      if (record_id_problem(id))
+        validate_record_id(id, "the generated id (--id-prefix)",
+                           "'" + source.images.string() + "' image " + std::to_string(first + i));
+      sink.add(id, {}, labels[i], {block.data() + i * image_bytes, image_bytes});
     }
   }
+  labels_input.expect_end(std::to_string(count) + " labels");
   images_input.expect_end(std::to_string(count) + " images");
   return sink.commit();
 }

@@ -9,9 +9,10 @@
 
 namespace lethe::storage {
 
-// Holds flock(LOCK_EX) on <job_dir>/.lock for its lifetime; the kernel drops it if the process
-// dies, so a killed server never leaves the job locked. The file records the holder's pid and
-// command so that the error given to a second writer says who holds it.
+// Holds flock(LOCK_EX) on the job directory (kWriter) or on <job_dir>/retrain (kRetrain) for its
+// lifetime; the kernel drops it if the process dies, so a killed server never leaves the job locked.
+// Beside it, <job_dir>/.lock (.retrain.lock) records the holder's pid and command so that the error
+// given to a second writer says who holds it; removing that file does not release the lock.
 class JobLock {
  public:
   enum class Kind {
@@ -29,11 +30,29 @@ class JobLock {
   // instant of the probe, so a process taking the lock at that very instant may be refused once.
   [[nodiscard]] static std::optional<std::string> holder(const std::filesystem::path& job_dir, Kind kind);
 
-  // The lock file's path.
+  // The holder description file's path.
   [[nodiscard]] static std::filesystem::path path(const std::filesystem::path& job_dir, Kind kind);
+  // The directory whose flock is the lock.
+  [[nodiscard]] static std::filesystem::path locked_directory(const std::filesystem::path& job_dir, Kind kind);
   ~JobLock();
   JobLock(const JobLock&) = delete;
   JobLock& operator=(const JobLock&) = delete;
+
+ private:
+  int dir_fd_ = -1;
+};
+
+// A dataset file changes only through the job that trains on it: the job's writer (`lethe serve`,
+// `lethe delete --job`) holds flock(LOCK_SH) on it for as long as it runs; `lethe erase` and
+// `lethe compact` take LOCK_EX and are refused (kLocked) meanwhile. Readers take nothing.
+class DatasetLock {
+ public:
+  enum class Mode { kJobWriter, kDirectEdit };
+  // `dataset` is resolved (a symlink locks the real file). StorageError kLocked when the other mode holds it.
+  DatasetLock(const std::filesystem::path& dataset, Mode mode);
+  ~DatasetLock();
+  DatasetLock(const DatasetLock&) = delete;
+  DatasetLock& operator=(const DatasetLock&) = delete;
 
  private:
   int fd_ = -1;

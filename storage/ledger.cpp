@@ -49,6 +49,7 @@ CREATE TABLE requests (
   applied_ms           INTEGER NOT NULL DEFAULT 0,
   completed_ms         INTEGER NOT NULL DEFAULT 0,
   receipt              TEXT,
+  receipt_digest       TEXT,
   error                TEXT NOT NULL DEFAULT '',
   CHECK (status IN ('queued', 'applied') OR (subject IS NULL AND idempotency_key IS NULL))
 );
@@ -172,7 +173,13 @@ std::string hint(int rc) {
 std::unique_ptr<Database> open_database(const std::filesystem::path& path, bool read_only) {
   return std::make_unique<Database>(
       path, read_only, "ledger " + path.string(),
-      [](const std::string& message, int) { throw LedgerError(message); }, hint);
+      [](const std::string& message, int rc) {
+        // A full disk is transient: the coordinator retries it, the service answers 503.
+        if ((rc & 0xff) == SQLITE_FULL) throw LedgerError(StorageErrorKind::kNoSpace, message);
+        if ((rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB) throw LedgerError(StorageErrorKind::kDamaged, message);
+        throw LedgerError(message);
+      },
+      hint);
 }
 
 // Creates `path` empty with mode 0600 when it does not exist: the ledger holds record ids in clear
@@ -237,12 +244,49 @@ void set_pragma(Database& db, const std::string& pragma, std::string_view expect
                       "memory and POSIX locks)");
 }
 
+// The salted digest stored beside a receipt: a flipped byte in either is found when it is read.
+std::string receipt_digest(const Ledger& ledger, std::string_view id, std::string_view receipt_text) {
+  return ledger.hash_id("receipt\x1f" + std::string(id) + "\x1f" + std::string(receipt_text));
+}
+
+void set_meta(Database& db, const char* key, std::string_view value) {
+  Statement upsert(db, "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                   std::string("writing meta '") + key + "'");
+  upsert.bind(1, std::string_view(key)).bind(2, value).run();
+}
+
+// Copies the WAL into the database file and empties the WAL; false when another connection kept
+// it from completing.
+bool checkpoint_truncate(Database& db, const std::string& operation) {
+  Statement checkpoint(db, "PRAGMA wal_checkpoint(TRUNCATE)", operation);
+  return checkpoint.step() && checkpoint.int64(0) == 0;
+}
+
+// SQLite's own check of the file's structure (pages, indexes); kDamaged with what it found.
+void check_integrity(Database& db, const std::filesystem::path& path) {
+  Statement check(db, "PRAGMA quick_check", "checking the ledger's integrity");
+  std::string found;
+  while (check.step()) {
+    const auto line = check.text(0);
+    if (line == "ok") continue;
+    if (!found.empty()) found += "; ";
+    found += line;
+    if (found.size() > 400) break;
+  }
+  if (!found.empty())
+    throw LedgerError(StorageErrorKind::kDamaged, "ledger " + path.string() + ": SQLite's integrity check failed (" +
+                                                      found + "); the file is damaged: restore it from a backup");
+}
+
 }  // namespace
 
 // ---- Ledger ----
 
-Ledger::Ledger(const std::filesystem::path& path, Access access) : path_(path) {
+Ledger::Ledger(const std::filesystem::path& path, Access access, LostLog lost_log) : path_(path) {
   const bool read_only = access == Access::kReadOnly;
+  read_only_ = read_only;
+  // Looked at before SQLite opens the file, which creates an empty WAL where none is.
+  const bool wal_present = std::filesystem::exists(path_.string() + "-wal");
   if (read_only && !std::filesystem::is_regular_file(path_))
     throw LedgerError("ledger " + path_.string() + ": does not exist; a job has a ledger once `lethe serve` or "
                       "`lethe delete --job` has run on it");
@@ -252,6 +296,8 @@ Ledger::Ledger(const std::filesystem::path& path, Access access) : path_(path) {
   auto& db = *db_;
   if (const int rc = sqlite3_busy_timeout(db.handle(), kBusyTimeoutMs); rc != SQLITE_OK)
     db.raise("setting the busy timeout", rc);
+
+  check_integrity(db, path_);
 
   // Identify the file before changing anything in it (journal mode included).
   std::set<std::string> tables;
@@ -292,6 +338,12 @@ Ledger::Ledger(const std::filesystem::path& path, Access access) : path_(path) {
     set_pragma(db, "secure_delete=ON", "1");
     set_pragma(db, "foreign_keys=ON", "1");
     set_pragma(db, "temp_store=MEMORY", "2");  // no temporary files holding copies of rows
+    // The WAL file stays after a clean close (emptied: journal_size_limit=0), so that a missing
+    // one always means someone removed it; see the "state" check below.
+    int persist = 1;
+    if (const int rc = sqlite3_file_control(db.handle(), "main", SQLITE_FCNTL_PERSIST_WAL, &persist); rc != SQLITE_OK)
+      db.raise("keeping the WAL file (SQLITE_FCNTL_PERSIST_WAL)", rc);
+    set_pragma(db, "journal_size_limit=0", "0");
   }
 
   if (fresh) {
@@ -302,19 +354,94 @@ Ledger::Ledger(const std::filesystem::path& path, Access access) : path_(path) {
     insert.reset();
     insert.bind(1, std::string_view("schema_version")).bind(2, std::string_view(std::to_string(kSchemaVersion))).run();
     insert.reset();
-    insert.bind(1, std::string_view("salt")).bind_blob(2, random_bytes(kSaltBytes, path_)).run();
+    const auto salt = random_bytes(kSaltBytes, path_);
+    insert.bind(1, std::string_view("salt")).bind_blob(2, salt).run();
+    insert.reset();
+    insert.bind(1, std::string_view("salt_sha256")).bind(2, std::string_view(sha256_hex(std::as_bytes(std::span<const char>(salt.data(), salt.size()))))).run();
     insert.reset();
     insert.bind(1, std::string_view("created_ms")).bind(2, std::string_view(std::to_string(now_ms()))).run();
     transaction.commit();
   }
   auto salt = meta_value(db, "salt");
   if (!salt || salt->size() != kSaltBytes)
-    throw LedgerError("ledger " + path_.string() + ": its salt is missing or not " + std::to_string(kSaltBytes) +
-                      " bytes; the file is damaged: restore it from a backup");
+    throw LedgerError(StorageErrorKind::kDamaged, "ledger " + path_.string() + ": its salt is missing or not " +
+                                                      std::to_string(kSaltBytes) + " bytes; the file is damaged: restore it from a backup");
+  const auto salt_digest = sha256_hex(std::as_bytes(std::span<const char>(salt->data(), salt->size())));
+  const auto stored_digest = meta_value(db, "salt_sha256");
+  if (stored_digest && *stored_digest != salt_digest)
+    throw LedgerError(StorageErrorKind::kDamaged,
+                      "ledger " + path_.string() + ": its salt does not match the salt's SHA-256 stored beside it, so "
+                      "every hash in its receipts would be unverifiable; the file is damaged: restore it from a backup");
   salt_ = std::move(*salt);
+
+  if (read_only) {
+    Statement columns(db, "SELECT 1 FROM pragma_table_info('requests') WHERE name = 'receipt_digest'", "reading the schema");
+    receipt_digests_ = columns.step();
+    return;
+  }
+  if (!fresh) {
+    // A clean close leaves "closed" (and the emptied WAL file); "open" with no WAL file means the
+    // process died and the WAL, with every request acknowledged since the last checkpoint, was removed.
+    if (meta_value(db, "state") == std::optional<std::string>("open") && !wal_present) {
+      if (lost_log == LostLog::kRefuse) {
+        // Reading the state made SQLite create an empty WAL: remove it, or the next open (with
+        // nothing restored) would find a WAL and take the loss for recovered.
+        db_.reset();
+        std::error_code ignored;
+        const std::filesystem::path wal(path_.string() + "-wal");
+        if (std::filesystem::file_size(wal, ignored) == 0) std::filesystem::remove(wal, ignored);
+        throw LedgerError(StorageErrorKind::kDamaged,
+                          "ledger " + path_.string() + ": its write-ahead log " + path_.string() +
+                              "-wal is missing although the ledger was not closed cleanly, so deletion requests "
+                              "acknowledged since its last checkpoint are lost; put the -wal file back (it is part of "
+                              "the ledger, never a temporary file) and start again. If it is gone for good, start once "
+                              "with --accept-ledger-loss and ask the clients of the lost requests to resubmit");
+      }
+      set_meta(db, "wal_loss_accepted_ms", std::to_string(now_ms()));
+    }
+    upgrade_locked();
+    if (!stored_digest) set_meta(db, "salt_sha256", salt_digest);
+  }
+  try {
+    set_meta(db, "state", "open");
+    // The schema, salt and state go into the database file now, not only into the WAL.
+    (void)checkpoint_truncate(db, "checkpointing the ledger at open");
+  } catch (const LedgerError& e) {
+    // A full disk must not keep the service from starting (it retries its batches until space is
+    // freed); only the check for a WAL removed after a crash is weaker until the next open.
+    if (e.kind() != StorageErrorKind::kNoSpace) throw;
+  }
 }
 
-Ledger::~Ledger() = default;
+Ledger::~Ledger() {
+  if (!db_ || read_only_) return;
+  try {
+    set_meta(*db_, "state", "closed");
+    (void)checkpoint_truncate(*db_, "checkpointing the ledger at close");
+  } catch (const std::exception&) {
+    // Left "open": the next open checks that the WAL is there, which it is (persistent).
+  }
+}
+
+void Ledger::upgrade_locked() {
+  auto& db = *db_;
+  const auto version = std::stoi(meta_value(db, "schema_version").value_or("1"));
+  if (version >= 2) return;
+  Transaction transaction(db, "upgrading the ledger to schema version 2");
+  db.exec("ALTER TABLE requests ADD COLUMN receipt_digest TEXT", "upgrading the ledger to schema version 2");
+  std::vector<std::pair<std::string, std::string>> receipts;
+  {
+    Statement select(db, "SELECT id, receipt FROM requests WHERE receipt IS NOT NULL", "reading receipts to upgrade");
+    while (select.step()) receipts.emplace_back(select.text(0), select.text(1));
+  }
+  Statement update(db, "UPDATE requests SET receipt_digest = ? WHERE id = ?", "digesting receipts to upgrade");
+  for (const auto& [id, text] : receipts) {
+    update.bind(1, std::string_view(receipt_digest(*this, id, text))).bind(2, std::string_view(id)).run();
+    update.reset();
+  }
+  set_meta(db, "schema_version", "2");
+  transaction.commit();
+}
 
 std::string Ledger::hash_id(std::string_view id) const {
   std::string input = salt_;
@@ -463,8 +590,10 @@ std::optional<std::int64_t> Ledger::seq_of_locked(std::string_view id) const {
 LedgerRequest Ledger::load_locked(std::int64_t seq) const {
   auto& db = *db_;
   Statement row(db,
-                "SELECT id, idempotency_key, subject, subject_hash, status, submitted_ms, applied_ms, completed_ms, "
-                "receipt, error FROM requests WHERE seq = ?",
+                receipt_digests_ ? "SELECT id, idempotency_key, subject, subject_hash, status, submitted_ms, applied_ms, "
+                                   "completed_ms, receipt, error, receipt_digest FROM requests WHERE seq = ?"
+                                 : "SELECT id, idempotency_key, subject, subject_hash, status, submitted_ms, applied_ms, "
+                                   "completed_ms, receipt, error, NULL FROM requests WHERE seq = ?",
                 "reading request #" + std::to_string(seq));
   row.bind(1, seq);
   if (!row.step()) throw LedgerError("ledger " + path_.string() + ": request #" + std::to_string(seq) + " vanished");
@@ -483,6 +612,12 @@ LedgerRequest Ledger::load_locked(std::int64_t seq) const {
   request.applied_ms = row.int64(6);
   request.completed_ms = row.int64(7);
   if (!row.is_null(8)) {
+    // Every receipt written since schema version 2 has its digest; one without is from before the
+    // upgrade only if the upgrade digested it, so a missing digest beside a receipt is damage too.
+    if (receipt_digests_ && (row.is_null(10) || row.text(10) != receipt_digest(*this, request.id, row.text(8))))
+      throw LedgerError(StorageErrorKind::kDamaged,
+                        "ledger " + path_.string() + ": the receipt of request " + request.id +
+                            " does not match its digest: the file was altered or damaged; restore it from a backup");
     try {
       request.receipt = nlohmann::json::parse(row.text(8));
     } catch (const nlohmann::json::exception& e) {
@@ -558,8 +693,11 @@ void Ledger::mark_applied(const std::vector<std::pair<std::string, nlohmann::jso
       throw LedgerError("ledger " + path_.string() + ": " + operation + ": it is " + std::string(to_string(request.status)) +
                         ", and only a queued request can be marked applied");
     check_receipt(path_, request, receipt, false);
-    Statement update(db, "UPDATE requests SET status = 'applied', applied_ms = ?, receipt = ? WHERE seq = ?", operation);
-    update.bind(1, now_ms()).bind(2, std::string_view(receipt.dump())).bind(3, *seq).run();
+    Statement update(db, "UPDATE requests SET status = 'applied', applied_ms = ?, receipt = ?, receipt_digest = ? WHERE seq = ?",
+                     operation);
+    const auto text = receipt.dump();
+    update.bind(1, now_ms()).bind(2, std::string_view(text)).bind(3, std::string_view(receipt_digest(*this, id, text)));
+    update.bind(4, *seq).run();
   }
   transaction.commit();
 }
@@ -609,12 +747,14 @@ void Ledger::finish_locked(std::string_view id, RequestStatus status, const std:
 
   // secure_delete=ON zeroes the bytes these NULLs replace; scrub() then clears the WAL's old copies.
   Statement update(db,
-                   "UPDATE requests SET status = ?, completed_ms = ?, receipt = ?, error = ?, subject = NULL, "
-                   "idempotency_key = NULL WHERE seq = ?",
+                   "UPDATE requests SET status = ?, completed_ms = ?, receipt = ?, receipt_digest = ?, error = ?, "
+                   "subject = NULL, idempotency_key = NULL WHERE seq = ?",
                    operation);
   update.bind(1, to_string(status)).bind(2, now_ms());
-  update.bind_optional(3, receipt.is_null() ? std::nullopt : std::optional(receipt.dump()));
-  update.bind(4, std::string_view(reason)).bind(5, *seq).run();
+  const auto text = receipt.is_null() ? std::nullopt : std::optional(receipt.dump());
+  update.bind_optional(3, text);
+  update.bind_optional(4, text ? std::optional(receipt_digest(*this, id, *text)) : std::nullopt);
+  update.bind(5, std::string_view(reason)).bind(6, *seq).run();
   Statement forget(db, "UPDATE request_records SET record_id = NULL WHERE request_seq = ?", operation + " (its record ids)");
   forget.bind(1, *seq).run();
 }

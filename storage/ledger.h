@@ -78,16 +78,27 @@ struct LedgerSettings {
 // ledger at a time (the job's JobLock ensures it); SQLite's own locking keeps others consistent.
 class Ledger {
  public:
-  static constexpr int kSchemaVersion = 1;
+  // 2: receipts carry a salted digest (receipt_digest); a version 1 ledger is upgraded when opened
+  // read-write.
+  static constexpr int kSchemaVersion = 2;
 
   // kReadOnly: a reader beside the job's writer (`lethe status` while `lethe serve` runs; WAL lets
   // readers in): the file must exist, nothing is created or changed, and every transition fails.
   enum class Access { kReadWrite, kReadOnly };
 
-  // Opens the ledger at `path`, creating it (mode 0600) when the file does not exist or is empty.
-  // LedgerError when the file is not a SQLite database, is a database but not a Lethe ledger,
-  // or was written by a newer Lethe (schema version above kSchemaVersion).
-  explicit Ledger(const std::filesystem::path& path, Access access = Access::kReadWrite);
+  // What opening read-write does with a ledger whose write-ahead log was removed after a crash
+  // (<path>-wal missing while the file says it was open): the requests acknowledged since the last
+  // checkpoint are gone with it. kRefuse throws LedgerError kDamaged saying so; kAccept (the
+  // operator's explicit choice, `--accept-ledger-loss`) records the loss in the meta table and opens.
+  enum class LostLog { kRefuse, kAccept };
+
+  // Opens the ledger at `path`, creating it (mode 0600) when the file does not exist or is empty;
+  // a new ledger's schema and salt are checkpointed into the file before it returns, so they never
+  // live only in the WAL. LedgerError when the file is not a SQLite database, is a database but not
+  // a Lethe ledger, or was written by a newer Lethe (schema version above kSchemaVersion); kDamaged
+  // when SQLite's integrity check fails, the salt does not match its digest, or the WAL was lost.
+  explicit Ledger(const std::filesystem::path& path, Access access = Access::kReadWrite,
+                  LostLog lost_log = LostLog::kRefuse);
   ~Ledger();
   Ledger(const Ledger&) = delete;
   Ledger& operator=(const Ledger&) = delete;
@@ -100,6 +111,7 @@ class Ledger {
   SubmitResult submit(const std::vector<std::string>& record_ids, const std::optional<std::string>& subject,
                       const std::optional<std::string>& idempotency_key);
 
+  // LedgerError kDamaged when a stored receipt does not match its digest (the file was altered).
   [[nodiscard]] std::optional<LedgerRequest> get(std::string_view id) const;
   // Queued and applied requests in submission order: what a restarted coordinator replays.
   [[nodiscard]] std::vector<LedgerRequest> unfinished() const;
@@ -140,6 +152,8 @@ class Ledger {
   [[nodiscard]] const std::filesystem::path& path() const { return path_; }
 
  private:
+  // Schema version 1 -> 2 (receipt digests), in one transaction; nothing when already 2.
+  void upgrade_locked();
   [[nodiscard]] LedgerRequest load_locked(std::int64_t seq) const;
   [[nodiscard]] std::optional<std::int64_t> seq_of_locked(std::string_view id) const;
   void finish(std::string_view id, RequestStatus status, const std::string& reason, const nlohmann::json& receipt);
@@ -166,6 +180,8 @@ class Ledger {
   std::filesystem::path path_;
   std::unique_ptr<sqlite::Database> db_;
   std::string salt_;  // raw bytes
+  bool read_only_ = false;
+  bool receipt_digests_ = true;  // false: a version 1 ledger opened read-only (not upgraded)
   mutable std::mutex mutex_;
   std::mutex submit_mutex_;  // guards the group-commit queue below
   std::condition_variable submit_done_;

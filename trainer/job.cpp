@@ -11,6 +11,7 @@
 #include "comm/in_process.h"
 #include "storage/dataset.h"
 #include "storage/durable_file.h"
+#include "storage/error.h"
 #include "storage/hashing.h"
 #include "storage/job_lock.h"
 #include "trainer/compute_threads.h"
@@ -31,7 +32,16 @@ namespace {
 
 void copy_durably(const fs::path& from, const fs::path& to) {
   const auto tmp = storage::temp_path_for(to);
-  fs::copy_file(from, tmp, fs::copy_options::overwrite_existing);
+  std::error_code error;
+  fs::copy_file(from, tmp, fs::copy_options::overwrite_existing, error);
+  if (error) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);  // a partial copy (a full disk) must not stay behind, taking the space
+    throw storage::StorageError(error == std::errc::no_space_on_device ? storage::StorageErrorKind::kNoSpace
+                                                                       : storage::StorageErrorKind::kIo,
+                                "cannot copy '" + from.string() + "' to '" + tmp.string() + "': " + error.message() +
+                                    "; free space or fix permissions and retry");
+  }
   storage::commit_file(tmp, to);
 }
 
@@ -132,6 +142,10 @@ json train_job(const JobSettings& settings, comm::Communicator& comm, bool resum
     const auto dataset = open_job_dataset(settings);
     prepare_job_dir(settings, dataset, resume, comm);
   }
+  // The dataset records that this job trains on it, so that `lethe erase` and `lethe compact`
+  // refuse it (storage/dataset.h). In place, while no rank has it open: before any rank trains.
+  comm::on_root(comm, "claiming the dataset " + settings.dataset.string() + " for the job",
+                [&] { storage::add_dataset_job(settings.dataset, settings.job_dir); });
   json out = {{"models", json::array()}};
   for (const auto& kind : route_kinds()) {
     if (!kind.configured(settings)) continue;

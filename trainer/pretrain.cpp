@@ -134,6 +134,15 @@ void save_backbone(LetheModel& model, const std::filesystem::path& path, const n
   h5::silence_error_printing();
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
   const auto tmp = storage::temp_path_for(path);
+  // A failed write (a full disk) must not leave the half-written temporary behind, taking the space.
+  struct RemoveUnlessCommitted {
+    const std::filesystem::path& file;
+    bool committed = false;
+    ~RemoveUnlessCommitted() {
+      std::error_code ignored;
+      if (!committed) std::filesystem::remove(file, ignored);
+    }
+  } cleanup{tmp};
   {
     auto file = h5::create_file(tmp.string());
     h5::write_string_attribute(file.get(), "lethe_format", "lethe-backbone");
@@ -155,6 +164,7 @@ void save_backbone(LetheModel& model, const std::filesystem::path& path, const n
     h5::check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "flushing " + tmp.string());
   }
   storage::commit_file(tmp, path);
+  cleanup.committed = true;
 }
 
 void load_backbone(LetheModel& model, const std::filesystem::path& path) {

@@ -21,7 +21,7 @@ if [ ! -f data/fashion-train.h5 ]; then
     --out data/fashion-test.h5 --seed 1 >/dev/null
 fi
 echo "== pretrain (public records) =="
-$lethe pretrain --config launch/examples/fashion_s3t.yaml | tee runs/bench-pretrain.json
+$lethe pretrain --config launch/examples/fashion_s3t.yaml --force | tee runs/bench-pretrain.json
 mpi="mpiexec --oversubscribe -np $ranks"
 [ "$(id -u)" = 0 ] && mpi="$mpi --allow-run-as-root"
 for job in full s3t; do

@@ -1,10 +1,13 @@
 // Tests of the commit protocol primitives and the HDF5 string attributes.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "storage/durable_file.h"
 #include "storage/error.h"
@@ -91,5 +94,60 @@ TEST(Hdf5, OpeningANonHdf5FileSaysSo) {
     EXPECT_NE(std::string(e.what()).find("plain.txt"), std::string::npos) << e.what();
   }
   EXPECT_THROW((void)h5::open_file((dir / "nothing.h5").string(), false), StorageError);
+  fs::remove_all(dir);
+}
+
+// Issue 14 finding 3: `--out /dev/null` turned /dev/null into a regular file. A commit never
+// replaces a target that is not a regular file, and says so with kRefused.
+TEST(DurableFile, CommitRefusesTargetsThatAreNotRegularFiles) {
+  const fs::path dir = fresh_dir("special_targets");
+  const fs::path fifo = dir / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  const fs::path real = dir / "real.txt";
+  std::ofstream(real) << "keep";
+  const fs::path link = dir / "link";
+  fs::create_symlink(real, link);
+  fs::create_directory(dir / "directory");
+  for (const auto& [target, kind] : std::vector<std::pair<fs::path, std::string>>{
+           {fifo, "a FIFO"}, {link, "a symlink"}, {dir / "directory", "a directory"}}) {
+    const fs::path tmp = dir / "new.tmp";
+    std::ofstream(tmp) << "new";
+    try {
+      commit_file(tmp, target);
+      ADD_FAILURE() << "committed over " << kind;
+    } catch (const StorageError& e) {
+      EXPECT_EQ(e.kind(), StorageErrorKind::kRefused) << e.what();
+      EXPECT_NE(std::string(e.what()).find("'" + target.string() + "': it is " + kind), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(tmp)) << "the uncommitted file is removed";
+  }
+  EXPECT_TRUE(fs::is_fifo(fs::symlink_status(fifo)));
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(link)));
+  EXPECT_EQ(slurp(real), "keep");
+  fs::remove_all(dir);
+}
+
+TEST(DurableFile, OutputPathCheckRefusesSpecialFilesAndExistingFilesWithoutForce) {
+  const fs::path dir = fresh_dir("output_check");
+  const auto kind_of = [](const fs::path& path, ExistingOutput existing) {
+    try {
+      check_output_path(path, existing, "--force");
+    } catch (const StorageError& e) {
+      return std::string(to_string(e.kind())) + ": " + e.what();
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(kind_of(dir / "new.h5", ExistingOutput::kRefuse), "accepted");
+  std::ofstream(dir / "old.h5") << "old";
+  const std::string refused = kind_of(dir / "old.h5", ExistingOutput::kRefuse);
+  EXPECT_EQ(refused.rfind("refused: ", 0), 0u) << refused;
+  EXPECT_NE(refused.find((dir / "old.h5").string()), std::string::npos) << refused;
+  EXPECT_NE(refused.find("pass --force"), std::string::npos) << refused;
+  EXPECT_EQ(kind_of(dir / "old.h5", ExistingOutput::kReplace), "accepted");
+  fs::create_symlink(dir / "old.h5", dir / "link.h5");
+  EXPECT_EQ(kind_of(dir / "link.h5", ExistingOutput::kReplace).rfind("refused: ", 0), 0u) << "--force never replaces a link";
+  fs::create_symlink("/etc/passwd", dir / "trap.h5.tmp");
+  const std::string trap = kind_of(dir / "trap.h5", ExistingOutput::kReplace);
+  EXPECT_NE(trap.find("trap.h5.tmp"), std::string::npos) << "its temporary would be written through the link: " << trap;
   fs::remove_all(dir);
 }

@@ -12,6 +12,7 @@
 #include "storage/ingest.h"
 #include "storage/ingest_csv.h"
 #include "storage/ingest_idx.h"
+#include "storage/record_id.h"
 #include "tests/storage/test_dataset_fixtures.h"
 
 using namespace lethe::storage;
@@ -306,4 +307,28 @@ TEST(IngestIdx, RealFashionMnistTestSet) {
   std::vector<uint8_t> image(784);
   dataset.read_features(last, image);
   EXPECT_TRUE(std::equal(image.begin(), image.end(), raw.end() - 784));
+}
+
+// Issue 14 finding 9: one rule (storage/record_id.h) for what ingest stores and a deletion request
+// may name; a CSV breaking it is refused with kRefused, naming line, column and rule.
+TEST(IngestCsv, IdsBreakingTheRecordIdRuleAreRefused) {
+  const fs::path dir = fresh_dir("csv_id_rule");
+  CsvSource source;
+  source.file = dir / "ids.csv";
+  source.id_column = "id";
+  const fs::path out = dir / "ids.h5";
+  for (const std::string& id : {std::string(300, 'z'), std::string("tab\tinside"), std::string("nl\x1b")}) {
+    write_file(source.file, "id,label,a\nfine,0,1\n" + id + ",1,2\n");
+    try {
+      (void)ingest_csv(source, options_for(out));
+      ADD_FAILURE() << "accepted id " << printable_id(id);
+    } catch (const StorageError& e) {
+      EXPECT_EQ(e.kind(), StorageErrorKind::kRefused) << e.what();
+      expect_contains(e.what(), "'" + source.file.string() + "' line 3, column 1 ('id')");
+      expect_contains(e.what(), *record_id_problem(id));
+    }
+    expect_no_output(out);
+  }
+  EXPECT_EQ(record_id_problem(std::string(kMaxRecordIdLength, 'a')), std::nullopt);
+  EXPECT_EQ(*record_id_problem(""), "must not be empty");
 }

@@ -4,6 +4,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <optional>
 
 #include "scratch_files.h"
@@ -60,6 +63,44 @@ TEST(JobLock, MissingDirectoryIsAnError) {
   } catch (const StorageError& e) {
     EXPECT_NE(std::string(e.what()).find("does not exist"), std::string::npos) << e.what();
   }
+}
+
+
+// Issue 14, finding 5: "DIR is in use" invites removing .lock; that must not let a second writer in.
+TEST(JobLock, RemovingTheLockFileDoesNotReleaseTheLock) {
+  for (const auto kind : {JobLock::Kind::kWriter, JobLock::Kind::kRetrain}) {
+    const auto dir = scratch::fresh_dir("job_lock", kind == JobLock::Kind::kWriter ? "removed" : "removed_retrain");
+    std::optional<JobLock> held;
+    held.emplace(dir, "lethe serve", kind);
+    std::filesystem::remove(JobLock::path(dir, kind));
+    try {
+      JobLock second(dir, "lethe delete --job", kind);
+      FAIL() << "a second holder got the lock after the lock file was removed";
+    } catch (const StorageError& e) {
+      EXPECT_EQ(e.kind(), StorageErrorKind::kLocked) << e.what();
+    }
+    EXPECT_TRUE(JobLock::holder(dir, kind).has_value());
+    held.reset();
+    EXPECT_FALSE(JobLock::holder(dir, kind).has_value());
+    EXPECT_NO_THROW(JobLock again(dir, "lethe serve", kind));
+  }
+}
+
+TEST(JobLock, ALockFileLinkedElsewhereIsRefusedAndTheTargetLeftAlone) {
+  const auto dir = scratch::fresh_dir("job_lock", "symlink");
+  const auto victim = dir / "precious.txt";
+  { std::ofstream(victim) << "keep me"; }
+  std::filesystem::create_symlink(victim, JobLock::path(dir, JobLock::Kind::kWriter));
+  try {
+    JobLock lock(dir, "lethe serve");
+    FAIL() << "took a lock through a symbolic link";
+  } catch (const StorageError& e) {
+    EXPECT_EQ(e.kind(), StorageErrorKind::kRefused) << e.what();
+    EXPECT_NE(std::string(e.what()).find("symbolic link"), std::string::npos) << e.what();
+  }
+  std::ifstream in(victim);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "keep me");
 }
 
 }  // namespace

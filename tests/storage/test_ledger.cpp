@@ -487,11 +487,11 @@ TEST(Ledger, OtherSqliteDatabaseIsRefused) {
 TEST(Ledger, NewerSchemaVersionIsRefused) {
   const auto path = ledger_in("newer");
   { Ledger ledger(path); }
-  raw_sql(path, "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
+  raw_sql(path, "UPDATE meta SET value = '3' WHERE key = 'schema_version'");
   const auto message = error_of([&] { Ledger ledger(path); });
   EXPECT_TRUE(contains(message, path.string())) << message;
-  EXPECT_TRUE(contains(message, "newer Lethe (ledger schema version 2; this build reads up to 1)")) << message;
-  raw_sql(path, "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
+  EXPECT_TRUE(contains(message, "newer Lethe (ledger schema version 3; this build reads up to 2)")) << message;
+  raw_sql(path, "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
   EXPECT_NO_THROW(Ledger ledger(path));
 }
 
@@ -537,6 +537,170 @@ TEST(Ledger, ConcurrentSubmitsAndCompletionsAreSafe) {
   EXPECT_EQ(completed, distinct.size());
   EXPECT_EQ(ledger.counts().at(RequestStatus::kCompleted), kThreads * kPerThread);
   EXPECT_TRUE(ledger.unfinished().empty());
+}
+
+
+// ---- loss and damage are noticed (issue 14, finding 4) ----
+
+// The kind of the LedgerError `body` throws; fails the test when nothing is thrown.
+template <typename Body>
+StorageErrorKind error_kind_of(Body&& body, std::string* message = nullptr) {
+  try {
+    body();
+  } catch (const LedgerError& e) {
+    if (message) *message = e.what();
+    return e.kind();
+  }
+  ADD_FAILURE() << "no LedgerError was thrown";
+  return StorageErrorKind::kIo;
+}
+
+// A child that opens the ledger, submits `count` requests, reports their ids and is SIGKILLed: what a
+// crashed service leaves behind. Returns the acknowledged request ids.
+std::vector<std::string> crash_after_submitting(const fs::path& path, int count) {
+  const auto child = fork_acknowledging_child([&](int write_fd) {
+    Ledger ledger(path);
+    for (int i = 0; i < count; ++i) {
+      write_line(write_fd, ledger.submit({"lost-" + std::to_string(i)}, std::nullopt, std::nullopt).request.id + "\n");
+    }
+    ::raise(SIGKILL);
+  });
+  std::string partial;
+  auto lines = read_lines(child.read_fd, static_cast<std::size_t>(count), partial);
+  ::close(child.read_fd);
+  int status = 0;
+  ::waitpid(child.pid, &status, 0);
+  EXPECT_TRUE(WIFSIGNALED(status)) << "the child failed before it was killed";
+  return lines;
+}
+
+TEST(Ledger, ANewLedgersSaltIsInTheDatabaseFileNotOnlyInTheWal) {
+  const auto path = ledger_in("salt_in_file");
+  std::string salt_hash;
+  const auto child = fork_acknowledging_child([&](int write_fd) {
+    Ledger ledger(path);
+    write_line(write_fd, ledger.hash_id("x") + "\n");
+    ::raise(SIGKILL);
+  });
+  std::string partial;
+  const auto lines = read_lines(child.read_fd, 1, partial);
+  ::close(child.read_fd);
+  int status = 0;
+  ::waitpid(child.pid, &status, 0);
+  ASSERT_EQ(lines.size(), 1u);
+  // Nothing was acknowledged, so losing the WAL now loses nothing: the salt must survive it.
+  fs::remove(path.string() + "-wal");
+  fs::remove(path.string() + "-shm");
+  Ledger reopened(path, Ledger::Access::kReadWrite, Ledger::LostLog::kAccept);
+  EXPECT_EQ(reopened.hash_id("x"), lines[0]);
+}
+
+TEST(Ledger, AWalRemovedAfterACrashIsRefusedUnlessTheLossIsAccepted) {
+  const auto path = ledger_in("wal_removed");
+  const auto acknowledged = crash_after_submitting(path, 5);
+  ASSERT_EQ(acknowledged.size(), 5u);
+  ASSERT_TRUE(fs::exists(path.string() + "-wal"));
+  fs::remove(path.string() + "-wal");
+  std::string message;
+  EXPECT_EQ(error_kind_of([&] { Ledger ledger(path); }, &message), StorageErrorKind::kDamaged);
+  EXPECT_TRUE(contains(message, path.string() + "-wal is missing")) << message;
+  EXPECT_TRUE(contains(message, "--accept-ledger-loss")) << message;
+  // Refusing changed nothing: the same refusal again.
+  EXPECT_EQ(error_kind_of([&] { Ledger ledger(path); }), StorageErrorKind::kDamaged);
+  {
+    Ledger accepted(path, Ledger::Access::kReadWrite, Ledger::LostLog::kAccept);
+    (void)accepted.submit({"after"}, std::nullopt, std::nullopt);
+  }
+  Ledger reopened(path);  // the loss is recorded; a clean close leaves nothing to refuse
+  EXPECT_EQ(reopened.unfinished().size(), 1u);
+}
+
+TEST(Ledger, CleanCloseKeepsTheWalFileAndCrashRecoveryNeedsNoFlag) {
+  const auto path = ledger_in("clean_close");
+  {
+    Ledger ledger(path);
+    (void)ledger.submit({"a"}, std::nullopt, std::nullopt);
+  }
+  EXPECT_TRUE(fs::exists(path.string() + "-wal")) << "the WAL file must persist so that its removal is noticed";
+  EXPECT_EQ(fs::file_size(path.string() + "-wal"), 0u) << "emptied at close";
+  // A clean close, then the (empty) WAL removed: nothing was lost, nothing is refused.
+  fs::remove(path.string() + "-wal");
+  {
+    Ledger reopened(path);
+    EXPECT_EQ(reopened.unfinished().size(), 1u);
+  }
+  // A crash with the WAL left in place: recovered as always, every acknowledged request there.
+  const auto acknowledged = crash_after_submitting(path, 3);
+  Ledger recovered(path);
+  for (const auto& id : acknowledged) EXPECT_TRUE(recovered.get(id).has_value()) << id;
+  EXPECT_EQ(recovered.unfinished().size(), 4u);
+}
+
+TEST(Ledger, AFlippedSaltByteIsFound) {
+  const auto path = ledger_in("salt_flip");
+  { Ledger ledger(path); }
+  raw_sql(path, "UPDATE meta SET value = CAST(zeroblob(32) AS BLOB) WHERE key = 'salt'");
+  std::string message;
+  EXPECT_EQ(error_kind_of([&] { Ledger ledger(path); }, &message), StorageErrorKind::kDamaged);
+  EXPECT_TRUE(contains(message, "salt does not match")) << message;
+  EXPECT_TRUE(contains(message, "restore it from a backup")) << message;
+}
+
+TEST(Ledger, AFlippedReceiptByteIsFoundWhenTheReceiptIsRead) {
+  const auto path = ledger_in("receipt_flip");
+  std::string id;
+  {
+    Ledger ledger(path);
+    id = ledger.submit({"r1"}, std::nullopt, std::nullopt).request.id;
+    ledger.complete(id, {{"records_erased", 1}, {"model_version", 7}});
+    EXPECT_EQ(ledger.get(id)->receipt.at("model_version"), 7);
+  }
+  // Still valid JSON, one digit changed: only the digest can tell.
+  raw_sql(path, "UPDATE requests SET receipt = replace(receipt, '7', '8')");
+  Ledger reopened(path);
+  std::string message;
+  EXPECT_EQ(error_kind_of([&] { (void)reopened.get(id); }, &message), StorageErrorKind::kDamaged);
+  EXPECT_TRUE(contains(message, "receipt of request " + id + " does not match its digest")) << message;
+}
+
+TEST(Ledger, ADamagedFileIsRefusedAtOpenNotAtTheFirstWrite) {
+  const auto path = ledger_in("page_flip");
+  {
+    Ledger ledger(path);
+    for (int i = 0; i < 200; ++i) (void)ledger.submit({"p-" + std::to_string(i)}, std::nullopt, std::nullopt);
+  }
+  fs::remove(path.string() + "-wal");  // clean close: checkpointed, nothing in it
+  // Scribble over the second page (a b-tree page of the schema's tables) as a failing disk would.
+  {
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(4096 + 8);
+    const std::string garbage(64, '\xee');
+    file.write(garbage.data(), static_cast<std::streamsize>(garbage.size()));
+  }
+  std::string message;
+  EXPECT_EQ(error_kind_of([&] { Ledger ledger(path); }, &message), StorageErrorKind::kDamaged) << message;
+  EXPECT_TRUE(contains(message, path.string())) << message;
+}
+
+TEST(Ledger, AVersion1LedgerIsUpgradedWithDigestsForItsReceipts) {
+  const auto path = ledger_in("upgrade");
+  std::string id;
+  {
+    Ledger ledger(path);
+    id = ledger.submit({"u1"}, std::nullopt, std::nullopt).request.id;
+    ledger.complete(id, kReceipt);
+  }
+  // What Lethe before schema version 2 wrote: no digest column, no salt digest.
+  raw_sql(path, "ALTER TABLE requests DROP COLUMN receipt_digest; DELETE FROM meta WHERE key = 'salt_sha256'; "
+                "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
+  {
+    Ledger read_only(path, Ledger::Access::kReadOnly);
+    EXPECT_EQ(read_only.get(id)->receipt, kReceipt);
+    EXPECT_EQ(read_only.settings().schema_version, 1) << "a reader changes nothing";
+  }
+  Ledger upgraded(path);
+  EXPECT_EQ(upgraded.settings().schema_version, 2);
+  EXPECT_EQ(upgraded.get(id)->receipt, kReceipt);
 }
 
 }  // namespace

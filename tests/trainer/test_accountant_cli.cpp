@@ -52,9 +52,9 @@ TEST(AccountantCli, PrintsHandComputedCertificate) {
   EXPECT_DOUBLE_EQ(out.at("assumptions").at("M").get<double>(), std::sqrt(2.0));
 }
 
-TEST(AccountantCli, DefaultsAndExplicitDeltaMatchTheLibrary) {
+TEST(AccountantCli, ExplicitDeltaMatchesTheLibrary) {
   const CliResult run = run_lethe("accountant --n 5000 --lambda 0.05 --eta 1.5 --sigma 0.2 --deleted 3 --epsilon 0.5 "
-                            "--delta 1e-6");
+                            "--delta 1e-6 --train-steps 1000");
   ASSERT_EQ(run.status, 0) << run.output;
   const nlohmann::json out = nlohmann::json::parse(run.output);
   lethe::trainer::NoisyGdParams p;
@@ -76,7 +76,7 @@ TEST(AccountantCli, DefaultsAndExplicitDeltaMatchTheLibrary) {
 }
 
 TEST(AccountantCli, NothingDeletedHasNullAlpha) {
-  const CliResult run = run_lethe("accountant --n 100 --lambda 0.1 --eta 1 --sigma 0.1 --deleted 0 --epsilon 1");
+  const CliResult run = run_lethe("accountant --n 100 --lambda 0.1 --eta 1 --sigma 0.1 --deleted 0 --epsilon 1 --train-steps 1000");
   ASSERT_EQ(run.status, 0) << run.output;
   const nlohmann::json out = nlohmann::json::parse(run.output);
   EXPECT_EQ(out.at("steps").get<std::int64_t>(), 0);
@@ -85,7 +85,7 @@ TEST(AccountantCli, NothingDeletedHasNullAlpha) {
 }
 
 TEST(AccountantCli, SmallClipIsMarkedUncertified) {
-  const CliResult run = run_lethe("accountant --n 100 --lambda 0.1 --eta 1 --sigma 0.1 --clip 0.5 --deleted 2 --epsilon 1");
+  const CliResult run = run_lethe("accountant --n 100 --lambda 0.1 --eta 1 --sigma 0.1 --clip 0.5 --deleted 2 --epsilon 1 --train-steps 1000");
   ASSERT_EQ(run.status, 0) << run.output;
   const nlohmann::json out = nlohmann::json::parse(run.output);
   EXPECT_FALSE(out.at("certified").get<bool>());
@@ -94,17 +94,47 @@ TEST(AccountantCli, SmallClipIsMarkedUncertified) {
 }
 
 TEST(AccountantCli, RefusesBadParametersWithTheBound) {
-  CliResult run = run_lethe("accountant --n 100 --lambda 0.1 --eta 2 --sigma 0.1 --deleted 2 --epsilon 1");
+  CliResult run = run_lethe("accountant --n 100 --lambda 0.1 --eta 2 --sigma 0.1 --deleted 2 --epsilon 1 --train-steps 1000");
   EXPECT_EQ(run.status, 1);
   EXPECT_NE(run.output.find("eta = 2 must satisfy 0 < eta <= 1/(beta + lambda) = 1.666666667"), std::string::npos)
       << run.output;
-  run = run_lethe("accountant --n 100 --lambda 0.1 --eta 1 --sigma 0.1 --deleted 100 --epsilon 1");
+  run = run_lethe("accountant --n 100 --lambda 0.1 --eta 1 --sigma 0.1 --deleted 100 --epsilon 1 --train-steps 1000");
   EXPECT_EQ(run.status, 1);
   EXPECT_NE(run.output.find("needs n > deleted >= 0"), std::string::npos) << run.output;
-  run = run_lethe("accountant --n 100 --lambda 0.1 --eta 1 --sigma 0.1 --deleted 1 --epsilon 1 --delta 2");
+  run = run_lethe("accountant --n 100 --lambda 0.1 --eta 1 --sigma 0.1 --deleted 1 --epsilon 1 --delta 2 --train-steps 1000");
   EXPECT_EQ(run.status, 1);
   EXPECT_NE(run.output.find("delta = 2"), std::string::npos) << run.output;
   run = run_lethe("accountant --n 100 --lambda 0.1 --eta 1 --deleted 1 --epsilon 1");  // --sigma missing
   EXPECT_EQ(run.status, 2);
   EXPECT_NE(run.output.find("--sigma"), std::string::npos) << run.output;
+}
+
+// Issue 14 finding 12: without --train-steps the certificate silently assumed 1000 training steps,
+// too few for a model trained longer (its K_U came out too small). Now it is required, or read
+// from the job config's noisy_gd.steps.
+TEST(AccountantCli, TrainStepsAreRequiredOrReadFromTheJobConfig) {
+  const std::string base = "accountant --n 5000 --lambda 0.05 --eta 1.5 --sigma 0.2 --deleted 3 --epsilon 0.5";
+  CliResult run = run_lethe(base);
+  EXPECT_EQ(run.status, 1) << run.output;
+  EXPECT_NE(run.output.find("--train-steps is required"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("--config JOB.yaml"), std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find("\"steps\""), std::string::npos) << "no certificate may be printed: " << run.output;
+
+  const std::string config = ::testing::TempDir() + "/accountant_job.yaml";
+  {
+    FILE* file = std::fopen(config.c_str(), "w");
+    ASSERT_NE(file, nullptr);
+    std::fputs("dataset: d.h5\nbackbone: b.h5\nnoisy_gd: {steps: 4321}\n", file);
+    std::fclose(file);
+  }
+  run = run_lethe(base + " --config " + config);
+  ASSERT_EQ(run.status, 0) << run.output;
+  const nlohmann::json from_config = nlohmann::json::parse(run.output);
+  EXPECT_EQ(from_config.at("assumptions").at("train_steps").get<std::int64_t>(), 4321);
+  run = run_lethe(base + " --train-steps 4321");
+  ASSERT_EQ(run.status, 0) << run.output;
+  EXPECT_EQ(nlohmann::json::parse(run.output).at("steps"), from_config.at("steps"));
+
+  run = run_lethe(base + " --train-steps 10 --config " + config);
+  EXPECT_EQ(run.status, 2) << "one source of the training length, not two: " << run.output;
 }

@@ -199,3 +199,42 @@ TEST(JobConfig, EveryExampleConfigParses) {
   }
   EXPECT_GE(parsed, 4);
 }
+
+// Issue 14 finding 11: a key given twice was silently read from its first line.
+TEST(JobConfig, DuplicateKeysAreRefusedNamingTheKeyAndBothLines) {
+  const auto top = error_of(with("seed: 7", "seed: 7\nseed: 8"));
+  EXPECT_NE(top.find("/cfg/job.yaml: seed: appears twice, on lines 5 and 6"), std::string::npos) << top;
+  const auto nested = error_of(with("epochs: 1,", "epochs: 1, epochs: 5,"));
+  EXPECT_NE(nested.find("training.epochs: appears twice"), std::string::npos) << nested;
+  const auto block = error_of(std::string(kValid) + "noisy_gd:\n  steps: 10\n  sigma: 0.1\n  steps: 20\n");
+  EXPECT_NE(block.find("noisy_gd.steps: appears twice, on lines 10 and 12"), std::string::npos) << block;
+}
+
+// Issue 14 finding 11: huge numbers (threads: 100000, steps: 1e12, .inf) were accepted and reached
+// allocations or libtorch; an integer too large for its type said "not an integer".
+TEST(JobConfig, NumericSettingsAreRefusedOutsideTheirRangeNamingKeyValueAndRange) {
+  const auto error_with = [](const std::string& section) { return error_of(std::string(kValid) + section + "\n"); };
+  const auto expect = [](const std::string& message, const std::string& part) {
+    EXPECT_NE(message.find(part), std::string::npos) << "expected '" << part << "' in: " << message;
+  };
+  expect(error_with("threads: 100000"), "threads: 100000 is out of range (at most 1024): give an integer from 1 to 1024");
+  expect(error_with("threads: 0"), "threads: must be at least 1");
+  expect(error_with("noisy_gd: {steps: 1e12}"), "noisy_gd.steps: 1e12 is out of range (at most 10000000)");
+  expect(error_of(with("shards: 2", "shards: 9223372036854775807")),
+         "s3t.shards: 9223372036854775807 is out of range (at most 10000)");
+  expect(error_of(with("shards: 2", "shards: 99999999999999999999999")), "s3t.shards: 99999999999999999999999 is out of range");
+  expect(error_of(with("epochs: 1", "epochs: 1e12")), "training.epochs: 1e12 is out of range (at most 100000)");
+  expect(error_of(with("batch_size: 32", "batch_size: 9000000000000")), "training.batch_size: 9000000000000 is out of range");
+  expect(error_of(with("learning_rate: 0.01", "learning_rate: .inf")), "training.learning_rate: '.inf' is out of range");
+  expect(error_of(with("learning_rate: 0.01", "learning_rate: 1e308")), "training.learning_rate: '1e308' is out of range");
+  expect(error_with("noisy_gd: {lambda: .inf}"), "noisy_gd.lambda: '.inf' is out of range");
+  expect(error_with("noisy_gd: {sigma: 1e308}"), "noisy_gd.sigma: '1e308' is out of range");
+  expect(error_with("noisy_gd: {target_epsilon: .nan}"), "noisy_gd.target_epsilon: '.nan' is out of range");
+  expect(error_of(with("widths: [64, 32, 32, 16]", "widths: [64, 1000000000, 32, 16]")),
+         "model.widths[1]: 1000000000 is out of range (at most 65536)");
+  expect(error_of(with("lora_rank: 2", "lora_rank: 100000000")), "model.lora_rank: 100000000 is out of range");
+  expect(error_of(with("seed: 7", "seed: 18446744073709551616")), "seed: 18446744073709551616 is out of range");
+  expect(error_of(with("seed: 7", "seed: 1.5")), "seed: expected a non-negative integer, got '1.5'");
+  EXPECT_EQ(error_of(with("seed: 7", "seed: 18446744073709551615")), "") << "the largest seed is fine";
+  EXPECT_EQ(error_with("threads: 1024"), "") << "the bound itself is allowed";
+}

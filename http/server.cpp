@@ -58,6 +58,10 @@ constexpr std::chrono::milliseconds kLingerTime{1000};
 constexpr std::size_t kLingerBytes = 16u << 20;
 constexpr std::uint32_t kHeaderLimit = 16 * 1024;
 
+std::int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 }  // namespace
 
 std::optional<std::string_view> Request::header(std::string_view name) const { return find_header(headers, name); }
@@ -66,7 +70,7 @@ std::optional<std::string_view> Response::header(std::string_view name) const { 
 Response json_response(int status, const nlohmann::json& body) {
   Response response;
   response.status = status;
-  response.body = body.dump();
+  response.body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   return response;
 }
 
@@ -86,7 +90,7 @@ struct Server::Impl {
   Handler handler;
 
   std::atomic<bool> stopping{false};
-  std::atomic<std::uint64_t> accepted{0}, refused{0}, requests{0}, timeouts{0};
+  std::atomic<std::uint64_t> accepted{0}, refused{0}, evicted{0}, requests{0}, timeouts{0};
   std::array<std::atomic<std::uint64_t>, 5> by_class{};
 
   std::mutex mutex;  // guards sessions and open; drained signals open reaching 0
@@ -123,6 +127,10 @@ struct Server::Impl {
       if (auto session = weak.lock()) live.push_back(std::move(session));
     return live;
   }
+  // At the connection limit: the session that has waited longest for a request header gives its
+  // slot up. True when a slot was freed; `victim` is then the session the caller must close (null
+  // when it was already being destroyed). False when every session has a request in progress.
+  bool evict_idlest_locked(std::shared_ptr<Session>& victim);
   void do_accept();
   void on_accept(const error_code& ec, tcp::socket socket);
 };
@@ -132,7 +140,7 @@ struct Server::Impl {
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(Server::Impl& server, tcp::socket socket, bool counted)
-      : server_(server), stream_(std::move(socket)), counted_(counted) {
+      : server_(server), stream_(std::move(socket)), counted_(counted), idle_since_(counted ? steady_ns() : kBusy) {
     error_code ec;
     const auto peer = stream_.socket().remote_endpoint(ec);
     remote_ = ec ? "unknown" : endpoint_text(peer);
@@ -144,6 +152,17 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   [[nodiscard]] asio::any_io_executor executor() { return stream_.get_executor(); }
+
+  // Any thread, under server_.mutex: since when (steady-clock ns) the session has waited for a
+  // request header; negative while a request is in progress or once evicted.
+  [[nodiscard]] std::int64_t idle_since() const { return idle_since_.load(); }
+  // Under server_.mutex: takes the slot away if the session still waits since `since`; the caller
+  // then posts close_now() to the session's strand.
+  bool try_evict(std::int64_t since) {
+    if (!idle_since_.compare_exchange_strong(since, kEvicted)) return false;
+    counted_ = false;
+    return true;
+  }
 
   // On the session's strand.
   void run() {
@@ -172,6 +191,10 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   void read_request() {
     if (server_.stopping) return linger_close();
+    // From here until the header is complete the connection is idle: a new one may take its slot.
+    // A new connection is idle from its accept (the constructor), a kept-alive one from now.
+    if (idle_since_.load() == kBusy) idle_since_.store(steady_ns());
+    request_deadline_ = std::chrono::steady_clock::now() + server_.options.request_timeout;
     parser_.emplace();
     head_request_ = false;
     parser_->header_limit(kHeaderLimit);
@@ -179,7 +202,7 @@ class Session : public std::enable_shared_from_this<Session> {
     // Content-Length against an empty optional as if it were 0.
     parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
     waiting_ = true;
-    stream_.expires_after(server_.options.request_timeout);
+    stream_.expires_after(std::min(server_.options.header_timeout, server_.options.request_timeout));
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              beast::bind_front_handler(&Session::on_header, shared_from_this()));
   }
@@ -194,8 +217,9 @@ class Session : public std::enable_shared_from_this<Session> {
       // keep-alive connection simply expired.
       if (parser_->got_some()) {
         server_.timeouts.fetch_add(1, std::memory_order_relaxed);
-        spdlog::debug("http: {}: request not complete within {} ms, connection closed", remote_,
-                      server_.options.request_timeout.count());
+        spdlog::debug("http: {}: request not complete in time (header within {} ms, all of it within {} ms), "
+                      "connection closed",
+                      remote_, server_.options.header_timeout.count(), server_.options.request_timeout.count());
       }
     } else if (ec == bhttp::error::body_limit) {
       send(json_error(413, "body_too_large",
@@ -214,6 +238,11 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_header(error_code ec, std::size_t) {
     waiting_ = false;
+    // Busy from now on, unless a new connection took the slot first: its close_now() is on the way.
+    for (auto since = idle_since_.load(); since != kBusy;) {
+      if (since == kEvicted) return;
+      if (idle_since_.compare_exchange_weak(since, kBusy)) break;
+    }
     if (read_failed(ec)) return;
     auto& request = parser_->get();
     const std::string_view target = std_view(request.target());
@@ -242,10 +271,10 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (!body_pending) return handle();
     parser_->body_limit(server_.options.body_limit);  // no body byte parsed yet: allowed
+    stream_.expires_at(request_deadline_);  // the body within what is left of the request timeout
     if (iequals(std_view(request[bhttp::field::expect]), "100-continue")) {
       // The client waits for this before sending its body (curl does for large bodies).
       auto interim = std::make_shared<bhttp::response<bhttp::empty_body>>(bhttp::status::continue_, request.version());
-      stream_.expires_after(server_.options.request_timeout);
       return bhttp::async_write(stream_, *interim,
                                 [self = shared_from_this(), interim](error_code write_ec, std::size_t) {
                                   if (!write_ec) self->read_body();
@@ -340,7 +369,12 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   bhttp::response<bhttp::string_body> response_;  // alive while async_write runs
   std::string remote_;
-  const bool counted_;     // holds one of max_connections
+  static constexpr std::int64_t kBusy = -1;
+  static constexpr std::int64_t kEvicted = -2;
+
+  bool counted_;           // holds one of max_connections; guarded by server_.mutex (try_evict clears it)
+  std::atomic<std::int64_t> idle_since_;  // see idle_since()
+  std::chrono::steady_clock::time_point request_deadline_;  // the whole current request by then
   bool waiting_ = false;   // reading the headers of a new request
   bool head_request_ = false;
   std::array<char, 8192> discard_{};
@@ -370,18 +404,52 @@ void Server::Impl::on_accept(const error_code& ec, tcp::socket socket) {
     return;
   }
   accepted.fetch_add(1, std::memory_order_relaxed);
-  std::shared_ptr<Session> session;
+  std::shared_ptr<Session> session, victim;
   {
-    // open only grows here, on the accept strand, so the limit cannot be overshot.
+    // open only grows here, on the accept strand, so the limit cannot be overshot; an eviction
+    // hands the victim's slot to the new session.
     std::lock_guard lock(mutex);
-    const bool counted = open < options.max_connections;
-    if (counted) ++open;
-    else refused.fetch_add(1, std::memory_order_relaxed);
+    bool counted = open < options.max_connections;
+    if (counted) {
+      ++open;
+    } else if (evict_idlest_locked(victim)) {
+      counted = true;
+      evicted.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      refused.fetch_add(1, std::memory_order_relaxed);
+    }
     session = std::make_shared<Session>(*this, std::move(socket), counted);
     sessions.emplace(session.get(), session);
   }
+  if (victim) {
+    spdlog::debug("http: connection limit ({}) reached: closed the connection idle longest to admit a new one",
+                  options.max_connections);
+    asio::post(victim->executor(), [victim] { victim->close_now(); });
+  }
   asio::dispatch(session->executor(), [session] { session->run(); });
   do_accept();
+}
+
+bool Server::Impl::evict_idlest_locked(std::shared_ptr<Session>& victim) {
+  // A session whose destructor waits for the mutex is still in the map and its members still
+  // valid: reading and marking it is safe; locking its weak_ptr fails.
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    Session* idlest = nullptr;
+    std::int64_t since = std::numeric_limits<std::int64_t>::max();
+    for (const auto& [raw, weak] : sessions) {
+      const auto t = raw->idle_since();
+      if (t >= 0 && t < since) {
+        since = t;
+        idlest = raw;
+      }
+    }
+    if (idlest == nullptr) return false;
+    // It may have got its header meanwhile: then look again.
+    if (!idlest->try_evict(since)) continue;
+    victim = sessions.at(idlest).lock();  // null when already being destroyed: nothing to close
+    return true;
+  }
+  return false;
 }
 
 Server::Server(ServerOptions options, Handler handler)
@@ -495,6 +563,7 @@ ServerStats Server::stats() const {
   ServerStats stats;
   stats.connections_accepted = s.accepted.load(std::memory_order_relaxed);
   stats.connections_refused = s.refused.load(std::memory_order_relaxed);
+  stats.connections_evicted = s.evicted.load(std::memory_order_relaxed);
   {
     std::lock_guard lock(impl_->mutex);
     stats.open_connections = s.open;

@@ -52,19 +52,27 @@ struct ServerOptions {
   unsigned short port = 8080;          // 0 = an ephemeral port, read back with Server::port()
   std::optional<std::string> bearer_token;  // required on every path except public_paths when set
   std::vector<std::string> public_paths = {"/healthz"};
-  std::size_t body_limit = 1 << 20;                  // 413 beyond
+  // 413 beyond. 16 MiB holds the largest JSON predict batch (1024 rows of 784 pixel values) and a
+  // 16384-row binary one (docs/API.md).
+  std::size_t body_limit = std::size_t{16} << 20;
+  // A complete request header must arrive within this of connecting or of the previous response
+  // (so it is also the keep-alive idle limit); capped by request_timeout.
+  std::chrono::milliseconds header_timeout{5000};
   std::chrono::milliseconds request_timeout{10000};  // a request (headers and body) must arrive within
-                                                     // this; also the keep-alive idle limit and the
-                                                     // limit on writing a response
+                                                     // this; also the limit on writing a response
   int threads = 2;
-  std::size_t max_connections = 256;  // further connections are answered 503 and closed
+  // At the limit a new connection takes the slot of the connection that has waited longest for a
+  // request header (idle keep-alive, or a request not sent yet), which is closed; when every
+  // connection has a request in progress the new one is answered 503 (Retry-After: 1) and closed.
+  std::size_t max_connections = 256;
 };
 
 // Counters for /metrics, read without stopping the server.
 struct ServerStats {
   std::uint64_t connections_accepted = 0;  // all accepted connections, refused ones included
   std::uint64_t connections_refused = 0;   // answered 503 at the max_connections limit
-  std::uint64_t open_connections = 0;      // currently open (refused ones not counted)
+  std::uint64_t connections_evicted = 0;   // waiting for a request header, closed at the limit to admit another
+  std::uint64_t open_connections = 0;      // currently open (refused and evicted ones not counted)
   std::uint64_t requests = 0;              // responses sent, every status
   std::array<std::uint64_t, 5> responses_by_class{};  // [0] 1xx, [1] 2xx, [2] 3xx, [3] 4xx, [4] 5xx
   std::uint64_t timeouts = 0;  // connections cut off because a started request did not arrive in time
@@ -102,7 +110,8 @@ class Server {
   std::unique_ptr<Impl> impl_;
 };
 
-// A JSON response: body.dump(), Content-Type application/json.
+// A JSON response: body.dump(), Content-Type application/json. Bytes that are not UTF-8 (a client's
+// path or header echoed in a message) are written as U+FFFD instead of throwing.
 [[nodiscard]] Response json_response(int status, const nlohmann::json& body);
 // {"error": {"code": code, "message": message, "field": field}}; "field" only when not empty.
 [[nodiscard]] Response json_error(int status, std::string_view code, std::string_view message,

@@ -328,24 +328,126 @@ TEST(HttpServer, ConcurrentClientsGetTheirOwnAnswers) {
   EXPECT_EQ(stats.responses_by_class[1], static_cast<std::uint64_t>(kThreads * kRequests));
 }
 
-TEST(HttpServer, ConnectionLimitAnswers503) {
+TEST(HttpServer, ConnectionLimitAnswers503WhenEveryConnectionHasARequestInProgress) {
   ServerOptions options;
   options.max_connections = 2;
-  auto server = start_server(options, echo);
-  auto a = std::make_unique<Client>(client_for(*server));
-  Client b = client_for(*server);
-  ASSERT_EQ(a->request("GET", "/v1/models").status, 200);
-  ASSERT_EQ(b.request("GET", "/v1/models").status, 200);
-  EXPECT_EQ(server->stats().open_connections, 2u);
+  options.threads = 4;  // handlers run on the IO threads: two blocked ones must leave one to accept
+  std::promise<void> release;
+  const std::shared_future<void> released = release.get_future().share();
+  std::atomic<int> blocked{0};
+  auto server = start_server(options, [&](const Request& request) {
+    if (request.path == "/block") {
+      ++blocked;
+      released.wait();
+    }
+    return echo(request);
+  });
+  auto first = std::async(std::launch::async, [&] { return client_for(*server).request("GET", "/block"); });
+  auto second = std::async(std::launch::async, [&] { return client_for(*server).request("GET", "/block"); });
+  for (int i = 0; i < 500 && blocked.load() < 2; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(blocked.load(), 2);
 
-  Response refused = client_for(*server).request("GET", "/v1/models");
+  // Both connections are busy: nothing can be evicted.
+  const Response refused = client_for(*server).request("GET", "/healthz");
   EXPECT_EQ(refused.status, 503);
+  EXPECT_EQ(nlohmann::json::parse(refused.body)["error"]["code"], "overloaded");
   ASSERT_TRUE(refused.header("Retry-After"));
+  EXPECT_EQ(*refused.header("Retry-After"), "1");
   EXPECT_EQ(server->stats().connections_refused, 1u);
+  EXPECT_EQ(server->stats().connections_evicted, 0u);
 
-  a.reset();  // frees a slot
-  for (int i = 0; i < 100 && server->stats().open_connections >= 2; ++i) std::this_thread::sleep_for(10ms);
-  EXPECT_EQ(client_for(*server).request("GET", "/v1/models").status, 200);
+  release.set_value();
+  EXPECT_EQ(first.get().status, 200);
+  EXPECT_EQ(second.get().status, 200);
+  // Their clients are gone and so are their connections: a new client gets in.
+  for (int i = 0; i < 500 && server->stats().open_connections >= 2; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(client_for(*server).request("GET", "/healthz").status, 200);
+}
+
+TEST(HttpServer, IdleConnectionsAtTheLimitAreEvictedToAdmitRealClients) {
+  ServerOptions options;
+  options.max_connections = 4;
+  options.bearer_token = "s3cret-token";
+  auto server = start_server(options, echo);
+  // The attacker fills every slot: two connections that send nothing, two that stall mid-header.
+  std::vector<std::unique_ptr<RawConnection>> attackers;
+  for (int i = 0; i < 4; ++i) {
+    attackers.push_back(std::make_unique<RawConnection>(server->port()));
+    if (i % 2 == 1) attackers.back()->send("GET /v1/models HTTP/1.1\r\nHo");
+  }
+  for (int i = 0; i < 500 && server->stats().open_connections < 4; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(server->stats().open_connections, 4u);
+
+  // /healthz without a token and the token holder are both served, again and again while the
+  // attacker keeps reconnecting.
+  Client anonymous = client_for(*server);
+  Client holder = client_for(*server, "s3cret-token");
+  for (int round = 0; round < 5; ++round) {
+    EXPECT_EQ(anonymous.request("GET", "/healthz").status, 200) << "round " << round;
+    const Response models = holder.request("GET", "/v1/models");
+    EXPECT_EQ(models.status, 200) << "round " << round << ": " << models.body;
+    attackers.push_back(std::make_unique<RawConnection>(server->port()));
+    attackers.push_back(std::make_unique<RawConnection>(server->port()));
+  }
+  // The connections idle longest went first: the attacker's first four are closed.
+  for (int i = 0; i < 4; ++i) {
+    (void)attackers[static_cast<std::size_t>(i)]->read_until_closed(5s);
+    EXPECT_TRUE(attackers[static_cast<std::size_t>(i)]->closed()) << "attacker " << i;
+  }
+  const ServerStats stats = server->stats();
+  EXPECT_GE(stats.connections_evicted, 4u);
+  EXPECT_EQ(stats.connections_refused, 0u);
+  EXPECT_LE(stats.open_connections, 4u);
+  EXPECT_EQ(stats.responses_by_class[1], 10u);
+  EXPECT_EQ(stats.responses_by_class[4], 0u) << "no client was answered 503";
+}
+
+TEST(HttpServer, HeaderDeadlineIsSeparateFromTheRequestTimeout) {
+  ServerOptions options;
+  options.header_timeout = 200ms;
+  options.request_timeout = 60s;
+  auto server = start_server(options, echo);
+
+  // Nothing sent, and a header that stalls: both closed at the header deadline, long before the
+  // request timeout.
+  RawConnection silent(server->port());
+  RawConnection stalled(server->port());
+  stalled.send("GET /v1/models HTTP/1.1\r\nHost: x\r\n");
+  EXPECT_EQ(silent.read_until_closed(20s), "");
+  EXPECT_TRUE(silent.closed());
+  EXPECT_EQ(stalled.read_until_closed(20s), "");
+  EXPECT_TRUE(stalled.closed());
+  for (int i = 0; i < 100 && server->stats().timeouts < 1; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(server->stats().timeouts, 1u) << "only the started request counts as a slow client";
+
+  // A complete header, then a body that takes longer than the header deadline: the body has what
+  // is left of the request timeout.
+  RawConnection slow_body(server->port());
+  slow_body.send("POST /v1/deletions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n");
+  std::this_thread::sleep_for(500ms);
+  slow_body.send("{}");
+  const std::string answer = slow_body.read_until("}", 5s);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
+}
+
+TEST(HttpServer, DefaultBodyLimitHoldsTheLargestJsonPredictBatch) {
+  // docs/API.md: POST /v1/predict takes up to 1024 rows; Fashion-MNIST rows are 784 pixels.
+  const nlohmann::json batch = {{"inputs", std::vector<std::vector<int>>(1024, std::vector<int>(784, 255))},
+                                {"model", "noisy_gd"}};
+  const std::string body = batch.dump();
+  auto server = start_server({}, [](const Request& request) {
+    return json_response(200, {{"bytes", request.body.size()}});
+  });
+  const Response response = client_for(*server, std::nullopt, 30s).request("POST", "/v1/predict", body);
+  ASSERT_EQ(response.status, 200) << response.body;
+  EXPECT_EQ(nlohmann::json::parse(response.body)["bytes"], body.size());
+}
+
+TEST(HttpServer, BytesThatAreNotUtf8InAnErrorMessageAreReplacedNotA500) {
+  const Response response = json_error(404, "not_found", "no such endpoint: /v1/\xff\xfe");
+  EXPECT_EQ(response.status, 404);
+  const auto body = nlohmann::json::parse(response.body);
+  EXPECT_EQ(body["error"]["message"], "no such endpoint: /v1/\xEF\xBF\xBD\xEF\xBF\xBD");
 }
 
 TEST(HttpServer, PipelinedRequestsAreAnsweredInOrder) {

@@ -1,9 +1,11 @@
 #include "deletion/coordinator.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <ctime>
+#include <filesystem>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
@@ -62,7 +64,52 @@ json request_part(const storage::LedgerRequest& row) {
   return {{"records", row.record_hashes.size()}};
 }
 
+// Whether a batch failure may go away by itself (space freed, a disk back): such a batch keeps its
+// requests queued and is retried with backoff; any other failure fails them after a few attempts.
+bool transient(const std::exception& error) {
+  const auto* storage_error = dynamic_cast<const storage::StorageError*>(&error);
+  if (storage_error == nullptr) return false;
+  const auto kind = storage_error->kind();
+  return kind == storage::StorageErrorKind::kNoSpace || kind == storage::StorageErrorKind::kIo ||
+         kind == storage::StorageErrorKind::kLocked;
+}
+
+// Less than 1 MiB free for unprivileged writers on the file system holding `path`.
+bool nearly_full(const std::filesystem::path& path) {
+  struct statvfs info {};
+  if (::statvfs(path.c_str(), &info) != 0) return false;
+  return static_cast<double>(info.f_bavail) * static_cast<double>(info.f_frsize) < 1024.0 * 1024.0;
+}
+
+// The error's kind for health and metrics. HDF5 reports a full disk only as a failed write (kIo):
+// an I/O error on a nearly full file system of the job or its dataset counts as no_space.
+std::string kind_of(const std::exception& error, const JobRouter& router) {
+  const auto* storage_error = dynamic_cast<const storage::StorageError*>(&error);
+  if (storage_error == nullptr) return "other";
+  if (storage_error->kind() == storage::StorageErrorKind::kIo &&
+      (nearly_full(router.job_dir()) || nearly_full(router.dataset_path().parent_path()))) {
+    return std::string(storage::to_string(storage::StorageErrorKind::kNoSpace));
+  }
+  return std::string(storage::to_string(storage_error->kind()));
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start, std::chrono::steady_clock::time_point now) {
+  if (start == std::chrono::steady_clock::time_point{}) return 0;
+  return std::chrono::duration<double>(now - start).count();
+}
+
 }  // namespace
+
+std::string_view to_string(HealthProblem problem) {
+  switch (problem) {
+    case HealthProblem::kStorageFull: return "storage_full";
+    case HealthProblem::kBatchFailing: return "batch_failing";
+    case HealthProblem::kRanksUnresponsive: return "ranks_unresponsive";
+    case HealthProblem::kBatchStalled: return "batch_stalled";
+    case HealthProblem::kAdoptionFailing: return "adoption_failing";
+  }
+  return "unknown";
+}
 
 void DurationSamples::add(double seconds) {
   constexpr std::size_t kKeep = 4096;
@@ -110,6 +157,7 @@ Submission Coordinator::submit(const DeletionRequest& request) {
   if (result.created) {
     std::lock_guard lock(mutex_);
     queue_.push_back(result.request.id);
+    unfinished_ms_[result.request.id] = result.request.submitted_ms;
     metrics_.queue_depth = queue_.size();
     wake_.notify_one();
   }
@@ -141,26 +189,91 @@ void Coordinator::stop() {
 }
 
 void Coordinator::run_until_idle() {
-  adopt_pending_retrain();
-  replay();
-  for (;;) {
-    std::vector<std::string> batch;
-    {
-      std::lock_guard lock(mutex_);
-      while (!queue_.empty() && batch.size() < options_.max_batch_requests) {
-        batch.push_back(queue_.front());
-        queue_.pop_front();
+  batch_mode_ = true;
+  const auto stop_followers = [this] {
+    send_command(kStop);
+    std::lock_guard lock(mutex_);
+    stopped_ = true;
+  };
+  try {
+    adopt_pending_retrain();
+    replay();
+    for (int transient_failures = 0;;) {
+      const auto batch = take_batch();
+      if (batch.empty()) break;
+      if (process(batch)) {
+        transient_failures = 0;
+        continue;
       }
+      requeue_after_failure(batch);
+      if (++transient_failures >= std::max(1, options_.attempts)) {
+        std::lock_guard lock(mutex_);
+        throw DeletionsPending(std::to_string(unfinished_ms_.size()) + " deletion request(s) are still queued after " +
+                               std::to_string(transient_failures) + " failed attempts: " + metrics_.last_error +
+                               "; they are kept in the ledger: fix the cause (free disk space?) and run this again, "
+                               "or start `lethe serve`, which retries them with backoff");
+      }
+      std::unique_lock lock(mutex_);
+      const auto wait = retry_at_ - std::chrono::steady_clock::now();
+      lock.unlock();
+      if (wait > wait.zero()) std::this_thread::sleep_for(wait);
     }
-    if (batch.empty()) break;
-    process(batch);
+  } catch (const DeletionsPending&) {
+    stop_followers();
+    throw;
   }
-  send_command(kStop);
+  stop_followers();
+}
+
+std::vector<std::string> Coordinator::take_batch() {
   std::lock_guard lock(mutex_);
-  stopped_ = true;
+  std::vector<std::string> batch;
+  while (!queue_.empty() && batch.size() < options_.max_batch_requests) {
+    batch.push_back(queue_.front());
+    queue_.pop_front();
+  }
+  metrics_.queue_depth = queue_.size();
+  if (!batch.empty()) {
+    batch_requests_ = batch.size();
+    batch_started_ = std::chrono::steady_clock::now();
+  }
+  return batch;
+}
+
+void Coordinator::end_batch(const std::vector<std::string>& ids) {
+  std::lock_guard lock(mutex_);
+  batch_requests_ = 0;
+  batch_started_ = {};
+  for (const auto& id : ids) unfinished_ms_.erase(id);
+}
+
+void Coordinator::requeue_after_failure(const std::vector<std::string>& ids) {
+  std::lock_guard lock(mutex_);
+  batch_requests_ = 0;
+  batch_started_ = {};
+  for (auto it = ids.rbegin(); it != ids.rend(); ++it) queue_.push_front(*it);
+  metrics_.queue_depth = queue_.size();
+  const int doublings = std::clamp(metrics_.consecutive_failures - 1, 0, 20);
+  const auto delay = std::min(options_.retry_delay * (std::int64_t{1} << doublings),
+                              std::max(options_.retry_delay, options_.max_retry_delay));
+  retry_at_ = std::chrono::steady_clock::now() + delay;
+  spdlog::warn("coordinator: {} request(s) stay queued; next attempt in {} ms (failure {} in a row)", unfinished_ms_.size(),
+               delay.count(), metrics_.consecutive_failures);
 }
 
 void Coordinator::send_command(std::int64_t command) {
+  if (command == kHeartbeat) {
+    // Every collective waits for all ranks to arrive (comm/): a heartbeat that waits long means a
+    // rank is stopped or hung, which health reports long before the communicator's timeout.
+    {
+      std::lock_guard lock(mutex_);
+      heartbeat_started_ = std::chrono::steady_clock::now();
+    }
+    comm_.broadcast({&command, 1, comm::DataType::kInt64}, 0);
+    std::lock_guard lock(mutex_);
+    heartbeat_started_ = {};
+    return;
+  }
   comm_.broadcast({&command, 1, comm::DataType::kInt64}, 0);
 }
 
@@ -168,10 +281,15 @@ void Coordinator::worker() {
   try {
     replay();
     for (;;) {
-      std::vector<std::string> batch;
       {
         std::unique_lock lock(mutex_);
-        if (!wake_.wait_for(lock, options_.heartbeat, [this] { return stopping_ || !queue_.empty(); })) {
+        // Ready: stopping, or requests queued and no failed batch waiting out its backoff.
+        const auto ready = [this] {
+          return stopping_ || (!queue_.empty() && std::chrono::steady_clock::now() >= retry_at_);
+        };
+        auto deadline = std::chrono::steady_clock::now() + options_.heartbeat;
+        if (!queue_.empty()) deadline = std::min(deadline, std::max(retry_at_, std::chrono::steady_clock::now()));
+        if (!wake_.wait_until(lock, deadline, ready)) {
           lock.unlock();
           if (!adopt_pending_retrain()) send_command(kHeartbeat);
           continue;
@@ -180,16 +298,18 @@ void Coordinator::worker() {
         // The batching window: a burst arriving now costs one plan.
         wake_.wait_for(lock, options_.batch_window,
                        [this] { return stopping_ || queue_.size() >= options_.max_batch_requests; });
-        while (!queue_.empty() && batch.size() < options_.max_batch_requests) {
-          batch.push_back(queue_.front());
-          queue_.pop_front();
-        }
       }
-      process(batch);
+      const auto batch = take_batch();
+      if (!process(batch)) requeue_after_failure(batch);
       adopt_pending_retrain();
       if (after_batch_) after_batch_();
     }
-    ledger_.scrub();  // requests completed since the last scrub leave no clear id behind
+    try {
+      ledger_.scrub();  // requests completed since the last scrub leave no clear id behind
+    } catch (const storage::StorageError& e) {
+      // E.g. a full disk: the next start scrubs after its first batch; the other ranks must still stop.
+      spdlog::error("coordinator: the ledger scrub at stop failed ({}); it runs again after the next batch", e.what());
+    }
     send_command(kStop);
   } catch (const std::exception& e) {
     // Only a communicator failure gets here (process() contains the rest): the ranks can no longer
@@ -212,7 +332,7 @@ bool Coordinator::adopt_pending_retrain() {
   try {
     const auto version = router_.adopt_retrain(&*run);
     std::lock_guard lock(mutex_);
-    metrics_.last_error.clear();
+    adoption_failing_ = false;
     spdlog::info("coordinator: retrain {} adopted without stopping the service (model version {})", run->id, version);
   } catch (const comm::CommError&) {
     throw;
@@ -227,9 +347,9 @@ bool Coordinator::adopt_pending_retrain() {
       spdlog::error("coordinator: cannot record it: {}", again.what());
     }
   } catch (const std::exception& e) {
-    spdlog::error("coordinator: adopting retrain {} failed (retried): {}", run->id, e.what());
+    spdlog::error("coordinator: adopting retrain {} failed (retried each heartbeat): {}", run->id, e.what());
     std::lock_guard lock(mutex_);
-    metrics_.last_error = e.what();
+    adoption_failing_ = true;
   }
   return true;
 }
@@ -275,19 +395,47 @@ void Coordinator::replay() {
   for (const auto& row : unfinished) {
     if (router_.committed_batch_of(row.id)) committed.push_back(row.id);
   }
-  if (!committed.empty()) process(committed);
-  std::lock_guard lock(mutex_);
-  // Requests submitted before the replay (batch mode) are already queued.
-  const std::unordered_set<std::string> queued(queue_.begin(), queue_.end());
-  for (auto it = rest.rbegin(); it != rest.rend(); ++it) {
-    if (queued.count(*it) == 0) queue_.push_front(*it);
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& row : unfinished) unfinished_ms_.emplace(row.id, row.submitted_ms);
+    // Requests submitted before the replay (batch mode) are already queued.
+    const std::unordered_set<std::string> queued(queue_.begin(), queue_.end());
+    for (auto it = rest.rbegin(); it != rest.rend(); ++it) {
+      if (queued.count(*it) == 0) queue_.push_front(*it);
+    }
+    metrics_.queue_depth = queue_.size();
   }
-  metrics_.queue_depth = queue_.size();
+  if (!committed.empty()) {
+    {
+      std::lock_guard lock(mutex_);
+      batch_requests_ = committed.size();
+      batch_started_ = std::chrono::steady_clock::now();
+    }
+    // A committed batch must finish before any other is planned: on a transient failure it is
+    // retried here (heartbeats keep the other ranks' timeouts quiet) rather than queued behind.
+    for (int failures = 1; !process(committed); ++failures) {
+      requeue_after_failure({});
+      if (batch_mode_ && failures >= std::max(1, options_.attempts)) {
+        throw DeletionsPending("a committed batch of " + std::to_string(committed.size()) +
+                               " request(s) could not be finished after " + std::to_string(failures) +
+                               " attempts; they are kept in the ledger: fix the cause (free disk space?) and run "
+                               "this again, or start `lethe serve`, which retries them with backoff");
+      }
+      bool stop = false;
+      {
+        std::unique_lock lock(mutex_);
+        wake_.wait_until(lock, retry_at_, [this] { return stopping_; });
+        stop = stopping_;
+      }
+      if (stop) return;
+      send_command(kHeartbeat);
+    }
+  }
 }
 
-void Coordinator::process(const std::vector<std::string>& ids) {
+bool Coordinator::process(const std::vector<std::string>& ids) {
   std::string error;
-  for (int attempt = 1; attempt <= std::max(1, options_.attempts); ++attempt) {
+  for (int attempt = 1;; ++attempt) {
     std::vector<storage::LedgerRequest> requests;
     std::unordered_set<std::string> seen;
     for (const auto& id : ids) {
@@ -297,25 +445,47 @@ void Coordinator::process(const std::vector<std::string>& ids) {
         requests.push_back(std::move(*row));
       }
     }
-    if (requests.empty()) return;
+    if (requests.empty()) {
+      end_batch(ids);
+      return true;
+    }
     try {
       process_once(requests);
-      std::lock_guard lock(mutex_);
-      metrics_.last_error.clear();
-      return;
+      {
+        std::lock_guard lock(mutex_);
+        metrics_.last_error.clear();
+        metrics_.last_error_kind.clear();
+        metrics_.consecutive_failures = 0;
+        retry_at_ = {};
+      }
+      end_batch(ids);
+      return true;
     } catch (const comm::CommError&) {
       throw;  // the ranks are out of step: not retryable in this process
     } catch (const std::exception& e) {
       error = e.what();
-      spdlog::error("coordinator: batch of {} request(s), attempt {} of {}: {}", requests.size(), attempt,
-                    options_.attempts, error);
+      const bool retry_later = transient(e);
+      const auto kind = kind_of(e, router_);
       {
         std::lock_guard lock(mutex_);
         metrics_.last_error = error;
+        metrics_.last_error_kind = kind;
+        ++metrics_.consecutive_failures;
       }
-      if (attempt < options_.attempts) std::this_thread::sleep_for(options_.retry_delay);
+      if (retry_later) {
+        spdlog::error("coordinator: batch of {} request(s) failed ({}; retried with backoff): {}", requests.size(), kind,
+                      error);
+        return false;
+      }
+      spdlog::error("coordinator: batch of {} request(s), attempt {} of {}: {}", requests.size(), attempt,
+                    std::max(1, options_.attempts), error);
+      if (attempt >= std::max(1, options_.attempts)) break;
+      std::this_thread::sleep_for(options_.retry_delay);
     }
   }
+  // Not transient and still failing: each request is failed with the error as its reason. One whose
+  // failure cannot be recorded stays queued (false: retried later), never silently dropped.
+  bool recorded = true;
   for (const auto& id : ids) {
     try {
       auto row = ledger_.get(id);
@@ -328,11 +498,18 @@ void Coordinator::process(const std::vector<std::string>& ids) {
       std::lock_guard lock(mutex_);
       ++metrics_.failed;
     } catch (const std::exception& e) {
-      spdlog::error("coordinator: cannot record request {} as failed: {}", id, e.what());
+      spdlog::error("coordinator: cannot record request {} as failed ({}); it stays queued and is retried", id, e.what());
+      recorded = false;
     }
   }
-  std::lock_guard lock(mutex_);
-  metrics_.queue_depth = queue_.size();
+  if (!recorded) return false;
+  {
+    std::lock_guard lock(mutex_);
+    metrics_.consecutive_failures = 0;
+    retry_at_ = {};
+  }
+  end_batch(ids);
+  return true;
 }
 
 void Coordinator::process_once(const std::vector<storage::LedgerRequest>& requests) {
@@ -464,8 +641,35 @@ std::optional<json> Coordinator::receipt(const std::string& id) const {
 }
 
 CoordinatorMetrics Coordinator::metrics() const {
+  const auto now = std::chrono::steady_clock::now();
   std::lock_guard lock(mutex_);
-  return metrics_;
+  auto out = metrics_;
+  out.queue_depth = queue_.size();
+  out.ranks = comm_.size();
+  out.batch_requests = batch_requests_;
+  out.batch_seconds = seconds_since(batch_started_, now);
+  out.ranks_waiting_seconds = seconds_since(heartbeat_started_, now);
+  if (metrics_.consecutive_failures > 0 && retry_at_ > now) {
+    out.next_retry_seconds = std::chrono::duration<double>(retry_at_ - now).count();
+  }
+  std::int64_t oldest = 0;
+  for (const auto& [id, submitted] : unfinished_ms_) {
+    if (oldest == 0 || submitted < oldest) oldest = submitted;
+  }
+  if (oldest > 0) out.oldest_unfinished_seconds = std::max(0.0, static_cast<double>(now_ms() - oldest) / 1000.0);
+  if (adoption_failing_) out.problems.push_back(HealthProblem::kAdoptionFailing);
+  if (metrics_.consecutive_failures > 0) {
+    out.problems.push_back(metrics_.last_error_kind == storage::to_string(storage::StorageErrorKind::kNoSpace)
+                               ? HealthProblem::kStorageFull
+                               : HealthProblem::kBatchFailing);
+  }
+  if (out.ranks_waiting_seconds * 1000 >= static_cast<double>(options_.unresponsive_after.count())) {
+    out.problems.push_back(HealthProblem::kRanksUnresponsive);
+  }
+  if (out.batch_seconds * 1000 >= static_cast<double>(options_.stalled_after.count())) {
+    out.problems.push_back(HealthProblem::kBatchStalled);
+  }
+  return out;
 }
 
 void follow_coordinator(JobRouter& router, comm::Communicator& comm) {

@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <torch/torch.h>
 
@@ -46,6 +48,16 @@ std::string route_names() {
 
 }  // namespace
 
+std::string feature_value_problem(double value, storage::FeatureType type) {
+  if (type == storage::FeatureType::uint8) {
+    if (value >= 0 && value <= 255) return {};  // false for NaN
+    return "is " + fmt::format("{}", value) + "; this dataset's values are pixels from 0 to 255";
+  }
+  if (std::isfinite(value) && std::abs(value) <= std::numeric_limits<float>::max()) return {};
+  return "is " + fmt::format("{}", value) + "; this dataset's values are finite float32 numbers (at most " +
+         fmt::format("{:g}", std::numeric_limits<float>::max()) + " in magnitude)";
+}
+
 json models_json(const trainer::JobManifest& manifest) {
   return {{"job_dir", manifest.dir.string()},
           {"model_version", manifest.model_version},
@@ -82,6 +94,8 @@ storage::Dataset& JobRouter::dataset() const {
   if (!holder.open) holder.open.emplace(storage::Dataset::open(holder.path, /*writable=*/true));
   return *holder.open;
 }
+
+const std::filesystem::path& JobRouter::dataset_path() const { return dataset_->path; }
 
 std::vector<ResolvedRecord> JobRouter::resolve(const DeletionRequest& request) const {
   return resolve_records(dataset(), request);
@@ -315,9 +329,14 @@ json JobRouter::predict(const json& body) const {
     if (!inputs[i].is_array() || inputs[i].size() != width) {
       throw RequestError(field, "must hold " + std::to_string(width) + " numbers (the dataset's feature values)");
     }
-    for (const auto& v : inputs[i]) {
-      if (!v.is_number()) throw RequestError(field, "must hold numbers only");
-      values.push_back(v.get<double>());
+    for (std::size_t j = 0; j < width; ++j) {
+      const auto& v = inputs[i][j];
+      if (!v.is_number()) throw RequestError(field + "[" + std::to_string(j) + "]", "must be a number");
+      const auto value = v.get<double>();
+      if (auto problem = feature_value_problem(value, feature_type()); !problem.empty()) {
+        throw RequestError(field + "[" + std::to_string(j) + "]", problem);
+      }
+      values.push_back(value);
     }
   }
   const auto n = static_cast<std::int64_t>(inputs.size());

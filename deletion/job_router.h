@@ -30,6 +30,11 @@ using trainer::PurgeTarget;
 // on a served job): the job's model version and each route's description.
 [[nodiscard]] nlohmann::json models_json(const trainer::JobManifest& manifest);
 
+// Why `value` cannot be a feature value of a dataset of `type`, or "" when it can: uint8 data
+// (pixels) are 0 to 255, float32 data finite and within float32's range. Predictions refuse the
+// others (a model fed 1e300 answers NaN).
+[[nodiscard]] std::string feature_value_problem(double value, storage::FeatureType type);
+
 class JobRouter {
  public:
   // Collective over `comm`: rank 0 opens and verifies the job (trainer/job.h open_trained_job);
@@ -41,6 +46,7 @@ class JobRouter {
   JobRouter& operator=(const JobRouter&) = delete;
 
   [[nodiscard]] const std::filesystem::path& job_dir() const { return job_dir_; }
+  [[nodiscard]] const std::filesystem::path& dataset_path() const;
 
   // Rank 0: the request's records resolved against the job's dataset.
   [[nodiscard]] std::vector<ResolvedRecord> resolve(const DeletionRequest& request) const;
@@ -83,8 +89,9 @@ class JobRouter {
   [[nodiscard]] nlohmann::json models_json() const;
   // Rank 0, any thread: class probabilities of `body.inputs` (rows of the dataset's feature values,
   // e.g. pixels 0..255) from `body.model` (a route name; absent: the job's first). Throws
-  // RequestError naming the field for bad input or an unknown model, and trainer::TrainerError
-  // (kUnavailable) when the model cannot answer now.
+  // RequestError naming the field for bad input ("inputs[0][17]" for a value feature_value_problem
+  // refuses) or an unknown model, and trainer::TrainerError (kUnavailable) when the model cannot
+  // answer now.
   [[nodiscard]] nlohmann::json predict(const nlohmann::json& body) const;
 
   // Rank 0, any thread: the same on raw rows. `values`: [N, values per record] in the dataset's

@@ -4,7 +4,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <sstream>
+#include <string_view>
+
+#include <spdlog/spdlog.h>
 
 #include "storage/error.h"
 #include "trainer/error.h"
@@ -24,12 +28,97 @@ http::Response method_not_allowed(std::string_view allowed) {
   return response;
 }
 
-json parse_body(const http::Request& request) {
-  try {
-    return json::parse(request.body);
-  } catch (const json::parse_error& e) {
-    throw RequestError("body", std::string("is not valid JSON: ") + e.what());
+// A second pass over a body json::parse refused, building nothing: where the parser stopped and
+// why (its error id), never its message, which quotes the body and names the library.
+class JsonErrorLocator : public nlohmann::json_sax<json> {
+ public:
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return true; }
+  bool key(string_t&) override { return true; }
+  bool end_object() override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t position, const std::string& last_token, const json::exception& error) override {
+    consumed = position;
+    token_length = last_token.size();
+    id = error.id;
+    return false;
   }
+
+  std::size_t consumed = 0;      // bytes read when it stopped, the offending one included
+  std::size_t token_length = 0;  // of the token it stopped in
+  int id = 0;                    // nlohmann's error id: 406 is a number out of range, the rest syntax
+};
+
+// "line L, column C" (1-based; columns count bytes) of the byte at `offset` of `text`.
+std::string line_and_column(std::string_view text, std::size_t offset) {
+  offset = std::min(offset, text.size());
+  const auto before = text.substr(0, offset);
+  const auto line = 1 + std::count(before.begin(), before.end(), '\n');
+  const auto line_start = before.rfind('\n');
+  const auto column = offset - (line_start == std::string_view::npos ? 0 : line_start + 1) + 1;
+  return "line " + std::to_string(line) + ", column " + std::to_string(column);
+}
+
+// The offset of the first byte of `text` that is not part of well-formed UTF-8, if any.
+std::optional<std::size_t> first_invalid_utf8(std::string_view text) {
+  const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(text[i]); };
+  for (std::size_t i = 0; i < text.size();) {
+    const unsigned char c = byte(i);
+    std::size_t length = 0;
+    unsigned char low = 0x80, high = 0xbf;  // the allowed range of the second byte
+    if (c < 0x80) {
+      length = 1;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+      length = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {  // no overlong forms, no UTF-16 surrogates
+      length = 3;
+      low = c == 0xe0 ? 0xa0 : 0x80;
+      high = c == 0xed ? 0x9f : 0xbf;
+    } else if (c >= 0xf0 && c <= 0xf4) {  // no overlong forms, nothing beyond U+10FFFF
+      length = 4;
+      low = c == 0xf0 ? 0x90 : 0x80;
+      high = c == 0xf4 ? 0x8f : 0xbf;
+    } else {
+      return i;
+    }
+    if (i + length > text.size()) return i;
+    for (std::size_t k = 1; k < length; ++k) {
+      const unsigned char next = byte(i + k);
+      if (k == 1 ? next < low || next > high : next < 0x80 || next > 0xbf) return i;
+    }
+    i += length;
+  }
+  return std::nullopt;
+}
+
+// The body as JSON, or RequestError on "body" saying what is wrong and where (line and column).
+json parse_body(const http::Request& request) {
+  const std::string& body = request.body;
+  if (body.find_first_not_of(" \t\r\n") == std::string::npos) {
+    throw RequestError("body", "is empty; send a JSON object (docs/API.md)");
+  }
+  auto parsed = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (!parsed.is_discarded()) return parsed;
+  JsonErrorLocator locator;
+  (void)json::sax_parse(body, &locator);
+  if (const auto bad = first_invalid_utf8(body); bad && *bad < std::max<std::size_t>(locator.consumed, 1)) {
+    throw RequestError("body", "is not valid JSON: a byte that is not UTF-8 at " + line_and_column(body, *bad) +
+                                   "; JSON text must be UTF-8");
+  }
+  if (locator.id == 406) {
+    const auto start = locator.consumed >= locator.token_length ? locator.consumed - locator.token_length : 0;
+    throw RequestError("body", "is not valid JSON: number out of range at " + line_and_column(body, start) +
+                                   " (beyond a 64-bit float's range)");
+  }
+  throw RequestError("body", "is not valid JSON: syntax error at " +
+                                 line_and_column(body, locator.consumed > 0 ? locator.consumed - 1 : 0));
 }
 
 http::Response submit(Coordinator& coordinator, const http::Request& request) {
@@ -41,10 +130,20 @@ http::Response submit(Coordinator& coordinator, const http::Request& request) {
     auto response = http::json_error(429, "queue_full", e.what());
     response.headers.emplace_back("Retry-After", "1");
     return response;
-  } catch (const storage::LedgerError& e) {
+  } catch (const storage::StorageError& e) {  // storage::LedgerError is one
     // The only client-caused ledger error: an idempotency key reused for another request.
     if (e.kind() == storage::StorageErrorKind::kIdempotencyConflict) {
       return http::json_error(409, "idempotency_key_reused", e.what(), "idempotency_key");
+    }
+    // A full disk passes once space is freed: nothing was recorded, the client retries. The
+    // message names no path (the log has it).
+    if (e.kind() == storage::StorageErrorKind::kNoSpace) {
+      spdlog::error("POST /v1/deletions: the request was not recorded: {}", e.what());
+      auto response = http::json_error(503, "storage_full",
+                                       "the service's disk is full: this request was not recorded (nothing was queued); "
+                                       "retry it after Retry-After seconds, once the operator has freed space");
+      response.headers.emplace_back("Retry-After", "10");
+      return response;
     }
     throw;
   }
@@ -86,8 +185,14 @@ http::Response predict_binary(JobRouter& router, const http::Request& request) {
   }
   auto values = torch::empty({rows, width}, type == storage::FeatureType::uint8 ? torch::kUInt8 : torch::kFloat32);
   std::memcpy(values.data_ptr(), request.body.data(), request.body.size());
-  if (type == storage::FeatureType::float32 && !torch::isfinite(values).all().item<bool>()) {
-    throw RequestError("body", "holds a value that is not a finite number");
+  if (type == storage::FeatureType::float32) {
+    // Rows of float32 values: each must be a feature value of the dataset (feature_value_problem).
+    const auto* value = values.data_ptr<float>();
+    for (std::int64_t i = 0; i < values.numel(); ++i) {
+      if (auto problem = feature_value_problem(value[i], router.feature_type()); !problem.empty()) {
+        throw RequestError("body", "row " + std::to_string(i / width) + ", value " + std::to_string(i % width) + " " + problem);
+      }
+    }
   }
   const auto prediction = router.predict_rows(std::string(request.header("X-Lethe-Model").value_or("")), values);
   const auto& p = prediction.probabilities;
@@ -112,6 +217,57 @@ http::Response predict_binary(JobRouter& router, const http::Request& request) {
                                     {"predictions", predictions}});
 }
 
+// What each health problem means for an operator; no path or error text: /healthz needs no token
+// (the service log has the details).
+std::string explain(HealthProblem problem, const CoordinatorMetrics& metrics) {
+  const auto seconds = [](double s) { return fmt::format("{:.1f} s", s); };
+  switch (problem) {
+    case HealthProblem::kStorageFull:
+      return "the disk is full: acknowledged requests are kept and their batch is retried with backoff (next in " +
+             seconds(metrics.next_retry_seconds) + "); free space on the job's and the dataset's file systems";
+    case HealthProblem::kBatchFailing:
+      return "the last batch attempt failed (" + metrics.last_error_kind + ", " + std::to_string(metrics.consecutive_failures) +
+             " in a row); it is retried; the service log has the error";
+    case HealthProblem::kRanksUnresponsive:
+      return "a heartbeat has waited " + seconds(metrics.ranks_waiting_seconds) + " for the other " +
+             std::to_string(metrics.ranks - 1) + " rank(s): one is stopped or hung; the service exits at the "
+             "communicator's timeout (LETHE_COMM_TIMEOUT_S), keeping every acknowledged request";
+    case HealthProblem::kBatchStalled:
+      return "the batch in progress (" + std::to_string(metrics.batch_requests) + " request(s)) has run " +
+             seconds(metrics.batch_seconds) + ": a rank may be hung; see the service log";
+    case HealthProblem::kAdoptionFailing:
+      return "a trained retrain could not be adopted; it is retried every heartbeat; the service log has the error";
+  }
+  return "unknown";
+}
+
+// GET /healthz: 200 "ok", or 503 "degraded" with Retry-After and the problems, so that a load
+// balancer or an orchestrator stops sending work while deletions are not being carried out.
+http::Response health_response(const CoordinatorMetrics& metrics) {
+  json problems = json::array();
+  for (const auto problem : metrics.problems) {
+    problems.push_back({{"code", to_string(problem)}, {"message", explain(problem, metrics)}});
+  }
+  json body = {{"status", problems.empty() ? "ok" : "degraded"},
+               {"problems", problems},
+               {"queue_depth", metrics.queue_depth},
+               {"oldest_unfinished_seconds", metrics.oldest_unfinished_seconds},
+               {"batch", metrics.batch_requests == 0
+                             ? json(nullptr)
+                             : json{{"requests", metrics.batch_requests}, {"running_seconds", metrics.batch_seconds}}},
+               {"ranks", {{"count", metrics.ranks}, {"heartbeat_waiting_seconds", metrics.ranks_waiting_seconds}}},
+               {"retry", metrics.consecutive_failures == 0
+                             ? json(nullptr)
+                             : json{{"failures", metrics.consecutive_failures},
+                                    {"error_kind", metrics.last_error_kind},
+                                    {"next_in_seconds", metrics.next_retry_seconds}}}};
+  auto response = http::json_response(problems.empty() ? 200 : 503, body);
+  if (!problems.empty()) {
+    response.headers.emplace_back("Retry-After", std::to_string(std::max(1, static_cast<int>(metrics.next_retry_seconds + 0.999))));
+  }
+  return response;
+}
+
 // `name{labels,quantile="q"} value` for the median, p90 and p99 of `samples`.
 void quantiles(std::ostringstream& out, const std::string& name, const std::string& labels, std::vector<double> samples) {
   std::sort(samples.begin(), samples.end());
@@ -133,7 +289,25 @@ std::string render_metrics(const CoordinatorMetrics& metrics, const JobRouter& r
   std::ostringstream out;
   out << "# HELP lethe_deletion_queue_depth Acknowledged deletion requests waiting for a batch.\n"
          "# TYPE lethe_deletion_queue_depth gauge\n"
-      << "lethe_deletion_queue_depth " << metrics.queue_depth << "\n";
+      << "lethe_deletion_queue_depth " << metrics.queue_depth << "\n"
+      << "# HELP lethe_deletion_oldest_unfinished_seconds Age of the oldest acknowledged request not completed or failed.\n"
+         "# TYPE lethe_deletion_oldest_unfinished_seconds gauge\n"
+      << "lethe_deletion_oldest_unfinished_seconds " << metrics.oldest_unfinished_seconds << "\n"
+      << "# HELP lethe_deletion_batch_requests Requests in the batch in progress (0: none runs).\n"
+         "# TYPE lethe_deletion_batch_requests gauge\n"
+      << "lethe_deletion_batch_requests " << metrics.batch_requests << "\n"
+      << "# HELP lethe_deletion_batch_running_seconds How long the batch in progress has run.\n"
+         "# TYPE lethe_deletion_batch_running_seconds gauge\n"
+      << "lethe_deletion_batch_running_seconds " << metrics.batch_seconds << "\n"
+      << "# HELP lethe_deletion_batch_consecutive_failures Failed attempts of the current batch (0 after a success).\n"
+         "# TYPE lethe_deletion_batch_consecutive_failures gauge\n"
+      << "lethe_deletion_batch_consecutive_failures " << metrics.consecutive_failures << "\n"
+      << "# HELP lethe_ranks_heartbeat_waiting_seconds How long the current heartbeat has waited for the other ranks.\n"
+         "# TYPE lethe_ranks_heartbeat_waiting_seconds gauge\n"
+      << "lethe_ranks_heartbeat_waiting_seconds " << metrics.ranks_waiting_seconds << "\n"
+      << "# HELP lethe_health_problem 1 for each reason /healthz says degraded.\n"
+         "# TYPE lethe_health_problem gauge\n";
+  for (const auto problem : metrics.problems) out << "lethe_health_problem{problem=\"" << to_string(problem) << "\"} 1\n";
   out << "# HELP lethe_deletion_requests Deletion requests in the ledger by status.\n"
          "# TYPE lethe_deletion_requests gauge\n";
   for (const auto& [status, count] : ledger.counts()) {
@@ -184,6 +358,12 @@ std::string render_metrics(const CoordinatorMetrics& metrics, const JobRouter& r
   out << "# HELP lethe_http_open_connections Open client connections.\n"
          "# TYPE lethe_http_open_connections gauge\n"
       << "lethe_http_open_connections " << server.open_connections << "\n";
+  out << "# HELP lethe_http_connections_evicted_total Connections waiting for a request header, closed at the connection limit to admit a new one.\n"
+         "# TYPE lethe_http_connections_evicted_total counter\n"
+      << "lethe_http_connections_evicted_total " << server.connections_evicted << "\n"
+      << "# HELP lethe_http_connections_refused_total Connections answered 503 at the connection limit (every connection busy).\n"
+         "# TYPE lethe_http_connections_refused_total counter\n"
+      << "lethe_http_connections_refused_total " << server.connections_refused << "\n";
   return out.str();
 }
 
@@ -215,10 +395,7 @@ http::Handler make_service_handler(Coordinator& coordinator, JobRouter& router, 
     try {
       if (path == "/healthz") {
         if (method != "GET") return method_not_allowed("GET");
-        const auto metrics = coordinator.metrics();
-        return http::json_response(200, {{"status", metrics.last_error.empty() ? "ok" : "degraded"},
-                                         {"queue_depth", metrics.queue_depth},
-                                         {"last_error", metrics.last_error}});
+        return health_response(coordinator.metrics());
       }
       if (path == kDeletions) {
         if (method != "POST") return method_not_allowed("POST");
@@ -227,7 +404,16 @@ http::Handler make_service_handler(Coordinator& coordinator, JobRouter& router, 
       if (path.size() > kDeletions.size() + 1 && path.compare(0, kDeletions.size() + 1, std::string(kDeletions) + "/") == 0) {
         if (method != "GET") return method_not_allowed("GET");
         const auto id = path.substr(kDeletions.size() + 1);
-        const auto receipt = coordinator.receipt(id);
+        std::optional<json> receipt;
+        try {
+          receipt = coordinator.receipt(id);
+        } catch (const storage::StorageError& e) {
+          if (e.kind() != storage::StorageErrorKind::kDamaged) throw;
+          spdlog::error("GET {}: {}", path, e.what());
+          return http::json_error(500, "ledger_damaged",
+                                  "the ledger's record of this request is damaged (its receipt does not match its "
+                                  "digest); the operator must restore the ledger from a backup (docs/OPERATIONS.md)");
+        }
         if (!receipt) return http::json_error(404, "not_found", "no deletion request with id '" + id + "'");
         return http::json_response(200, *receipt);
       }

@@ -32,6 +32,7 @@ struct DeleteArgs {
   bool wait = false;
   int timeout_s = 120;
   std::string backend = "mpi";
+  bool accept_ledger_loss = false;
 };
 
 // The request as the service would parse it, so both modes give the same errors.
@@ -103,7 +104,8 @@ int via_server(const DeleteArgs& args, const deletion::DeletionRequest& request)
 
 int via_job(const DeleteArgs& args, const deletion::DeletionRequest& request) {
   auto comm = comm::make_communicator(args.backend);
-  deletion::JobSession session(args.job, *comm, "lethe delete --job", deletion::CoordinatorOptions{});
+  deletion::JobSession session(args.job, *comm, "lethe delete --job", deletion::CoordinatorOptions{}, {},
+                               args.accept_ledger_loss ? storage::Ledger::LostLog::kAccept : storage::Ledger::LostLog::kRefuse);
   if (comm->rank() != 0) {
     deletion::follow_coordinator(session.router(), *comm);
     return 0;
@@ -116,7 +118,13 @@ int via_job(const DeleteArgs& args, const deletion::DeletionRequest& request) {
     coordinator.stop();  // releases the other ranks
     throw;
   }
-  coordinator.run_until_idle();
+  try {
+    coordinator.run_until_idle();
+  } catch (const deletion::DeletionsPending&) {
+    // The request is acknowledged and kept: its receipt says "queued", the error says why and what to do.
+    if (const auto receipt = coordinator.receipt(submission.request.id)) std::cout << receipt->dump(2) << std::endl;
+    throw;
+  }
   const auto receipt = coordinator.receipt(submission.request.id);
   std::cout << receipt->dump(2) << std::endl;
   return exit_code_of(*receipt);
@@ -142,6 +150,8 @@ void install(CLI::App& app) {
   cmd->add_flag("--wait", args->wait, "With --server: wait for the completed receipt");
   cmd->add_option("--timeout", args->timeout_s, "Seconds --wait waits")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--backend", args->backend, "Communicator backend with --job: mpi or nccl")->capture_default_str();
+  cmd->add_flag("--accept-ledger-loss", args->accept_ledger_loss,
+                "With --job: start although the job's ledger (or its -wal file) was lost (docs/OPERATIONS.md)");
   cmd->callback([args] {
     if (args->server.empty() == args->job.empty()) throw CLI::ValidationError("give exactly one of --server URL or --job DIR");
     const auto request = build_request(*args);

@@ -25,11 +25,14 @@ struct ServeArgs {
   std::string token_file;
   int batch_window_ms = 5;
   std::size_t max_queue = 10000;
-  std::size_t body_limit = std::size_t{16} << 20;  // 16 MiB: a 1024-row JSON or a 16384-row binary predict fits
+  std::size_t body_limit = http::ServerOptions{}.body_limit;  // 16 MiB: a 1024-row JSON or a 16384-row binary predict fits
+  int header_timeout_s = 5;
   int request_timeout_s = 10;
+  std::size_t max_connections = http::ServerOptions{}.max_connections;
   int drain_s = 30;
   int http_threads = 2;
   std::string backend = "mpi";
+  bool accept_ledger_loss = false;
   // How the service starts a retrain (POST /v1/retrain, or the job's `retrain:` policy): a shell
   // command with {lethe}, {job} and {id} replaced. The default trains on this machine in one
   // process; a cluster puts its own launcher here (mpirun -np N ..., or srun/sbatch).
@@ -71,7 +74,8 @@ void run(const ServeArgs& args) {
   auto comm = comm::make_communicator(args.backend);
   std::string token;
   deletion::JobSession session(args.job, *comm, "lethe serve", options,
-                               [&] { token = http::load_token_file(args.token_file); });
+                               [&] { token = http::load_token_file(args.token_file); },
+                               args.accept_ledger_loss ? storage::Ledger::LostLog::kAccept : storage::Ledger::LostLog::kRefuse);
   if (comm->rank() != 0) {
     deletion::follow_coordinator(session.router(), *comm);
     return;
@@ -82,7 +86,9 @@ void run(const ServeArgs& args) {
   server_options.port = port;
   server_options.bearer_token = token;
   server_options.body_limit = args.body_limit;
+  server_options.header_timeout = std::chrono::seconds(args.header_timeout_s);
   server_options.request_timeout = std::chrono::seconds(args.request_timeout_s);
+  server_options.max_connections = args.max_connections;
   server_options.threads = args.http_threads;
   std::unique_ptr<http::Server> server;
   deletion::RetrainLauncher retrains(args.job, args.retrain_command);
@@ -113,7 +119,14 @@ void run(const ServeArgs& args) {
                comm->size());
   int received = 0;
   sigwait(&signals, &received);
-  spdlog::info("signal {}: draining (no new connections; requests in flight finish; the batch in progress completes)", received);
+  // mpirun sends SIGTERM to every rank when one of them dies: say so, or the log reads like a
+  // clean operator stop.
+  spdlog::info("signal {} ({}): draining (no new connections; requests in flight finish; the batch in progress completes){}",
+               received, received == SIGTERM ? "SIGTERM" : "SIGINT",
+               comm->size() > 1 && received == SIGTERM
+                   ? "; if nobody stopped the service, mpirun may be stopping it because another rank exited: check "
+                     "mpirun's output for that rank"
+                   : "");
   server->stop(std::chrono::seconds(args.drain_s));
   coordinator.stop();
   const auto metrics = coordinator.metrics();
@@ -139,11 +152,23 @@ void install(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(0, 10000));
   cmd->add_option("--max-queue", args->max_queue, "Queued requests beyond which new ones get 429")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--body-limit", args->body_limit, "Largest request body in bytes (413 beyond)")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--request-timeout", args->request_timeout_s, "Seconds a client has to send a request")->capture_default_str()->check(CLI::Range(1, 3600));
+  cmd->add_option("--body-limit", args->body_limit, "Largest request body in bytes (413 beyond); the default holds a 1024-row JSON predict")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--header-timeout", args->header_timeout_s,
+                  "Seconds a connection has to send a complete request header, from connecting or its previous response "
+                  "(also how long an idle keep-alive connection stays open)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600));
+  cmd->add_option("--request-timeout", args->request_timeout_s, "Seconds a client has to send a request (header and body)")->capture_default_str()->check(CLI::Range(1, 3600));
+  cmd->add_option("--max-connections", args->max_connections,
+                  "Open connections at most; beyond, the one idle longest is closed to admit a new one, "
+                  "or with none idle the new one gets 503")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
   cmd->add_option("--drain", args->drain_s, "Seconds to let requests in flight finish on SIGTERM")->capture_default_str()->check(CLI::Range(0, 3600));
   cmd->add_option("--http-threads", args->http_threads, "HTTP server threads")->capture_default_str()->check(CLI::Range(1, 64));
   cmd->add_option("--backend", args->backend, "Communicator backend: mpi or nccl")->capture_default_str();
+  cmd->add_flag("--accept-ledger-loss", args->accept_ledger_loss,
+                "Start although the job's ledger (or its -wal file) was lost; the requests it held are gone (docs/OPERATIONS.md)");
   cmd->add_option("--retrain-command", args->retrain_command,
                   "Shell command that runs one retrain ({lethe}, {job}, {id} replaced), e.g. "
                   "\"mpirun -np 4 {lethe} retrain --job {job} --id {id} --no-wait\"")

@@ -87,6 +87,19 @@ class ServiceProcess {
     ::kill(-pid_, SIGKILL);
     (void)wait();
   }
+  // Waits up to `limit` for the service to exit by itself: its exit status, or nullopt if it still runs.
+  std::optional<int> wait_for_exit(std::chrono::seconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return std::nullopt;
+  }
   [[nodiscard]] std::string log_text() const {
     std::ifstream in(log_);
     return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};

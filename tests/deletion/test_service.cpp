@@ -1,8 +1,10 @@
 // End to end: the real `lethe serve` on loopback (one process, and two MPI ranks), real HTTP,
 // a real SQLite ledger and HDF5 files; deletions by both routes, erasure checked by scanning bytes.
 #include <gtest/gtest.h>
+#include <sys/mount.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -14,6 +16,7 @@
 #include "storage/checkpoint_store.h"
 #include "storage/dataset.h"
 #include "storage/record_assignment.h"
+#include "tests/http/test_util.h"
 #include "tests/trainer/cli_job_fixture.h"
 
 namespace lethe::test {
@@ -384,6 +387,150 @@ TEST_F(ServiceTest, RefusesAnOpenTokenFileAndASecondWriter) {
                                " --record " + private_ids().at(0) + " --wait");
   ASSERT_EQ(via.status, 0) << via.out;
   EXPECT_EQ(json_of(via).at("status"), "completed");
+  EXPECT_EQ(service.terminate(), 0) << service.log_text();
+}
+
+// Issue 14, finding 10: whatever bytes a client sends, the answer is a 4xx naming what is wrong and
+// where, never a 500 and never the JSON library's own text; predictions refuse values outside the
+// dataset's instead of answering null probabilities.
+TEST_F(ServiceTest, HostileBodiesAre400NamingTheFieldNeverA500) {
+  auto service = serve();
+  auto client = service.client(kToken);
+  const auto expect_400 = [&](const http::Response& response, const std::string& field, const std::string& message) {
+    EXPECT_EQ(response.status, 400) << response.body;
+    const auto error = json::parse(response.body).at("error");
+    EXPECT_EQ(error.at("code"), "invalid_request") << response.body;
+    EXPECT_EQ(error.at("field"), field) << response.body;
+    EXPECT_EQ(error.at("message"), message) << response.body;
+  };
+  const auto send = [&](const std::string& target, const std::string& body) { return client.request("POST", target, body); };
+
+  // Deletions: bytes that are not UTF-8, a number beyond a double, syntax errors with their place.
+  expect_400(send("/v1/deletions", "{\"records\": [\"\xff\xfe\"]}"), "body",
+             "body: is not valid JSON: a byte that is not UTF-8 at line 1, column 15; JSON text must be UTF-8");
+  expect_400(send("/v1/deletions", R"({"records": [1e999]})"), "body",
+             "body: is not valid JSON: number out of range at line 1, column 14 (beyond a 64-bit float's range)");
+  expect_400(send("/v1/deletions", "{not json"), "body", "body: is not valid JSON: syntax error at line 1, column 3");
+  expect_400(send("/v1/deletions", "{\n  \"records\": [\"a\",]\n}"), "body",
+             "body: is not valid JSON: syntax error at line 2, column 19");
+  expect_400(send("/v1/deletions", ""), "body", "body: is empty; send a JSON object (docs/API.md)");
+  expect_400(send("/v1/deletions", R"({"records": ["a"], "idempotency_key": 7})"), "idempotency_key",
+             "idempotency_key: must be a string");
+
+  // Predictions: values outside the dataset's (uint8 pixels), a non-string model, JSON out of range.
+  std::vector<double> pixels(36, 100);
+  pixels[17] = 1e300;
+  expect_400(send("/v1/predict", json{{"inputs", {pixels}}}.dump()), "inputs[0][17]",
+             "inputs[0][17]: is 1e+300; this dataset's values are pixels from 0 to 255");
+  pixels[17] = 100;
+  pixels[3] = -1;
+  expect_400(send("/v1/predict", json{{"inputs", {std::vector<double>(36, 7), pixels}}}.dump()), "inputs[1][3]",
+             "inputs[1][3]: is -1; this dataset's values are pixels from 0 to 255");
+  json row = json::array({std::vector<int>(36, 100)});
+  row[0][5] = "x";
+  expect_400(send("/v1/predict", json{{"inputs", row}}.dump()), "inputs[0][5]", "inputs[0][5]: must be a number");
+  row[0][5] = 100;
+  const auto model = send("/v1/predict", json{{"inputs", row}, {"model", 7}}.dump());
+  EXPECT_EQ(model.status, 400) << model.body;
+  EXPECT_EQ(json::parse(model.body)["error"]["field"], "model") << model.body;
+  std::string huge = json{{"inputs", row}}.dump();
+  huge.replace(huge.find("100"), 3, "1e999");
+  expect_400(send("/v1/predict", huge), "body",
+             "body: is not valid JSON: number out of range at line 1, column 13 (beyond a 64-bit float's range)");
+  // The binary form: float32 rows with a value no pixel has.
+  std::vector<float> floats(36, 10.0F);
+  floats[30] = 1e30F;
+  const std::string bytes(reinterpret_cast<const char*>(floats.data()), floats.size() * sizeof(float));
+  expect_400(client.request("POST", "/v1/predict", bytes, {{"Content-Type", "application/octet-stream"}, {"X-Lethe-Dtype", "float32"}}),
+             "body", "body: row 0, value 30 is 1.0000000150474662e+30; this dataset's values are pixels from 0 to 255");
+
+  // Bytes that are not UTF-8 in a path or a header, echoed in the answer: replaced, not a 500.
+  const auto unknown = client.request("GET", "/v1/deletions/del-\xff\xfe");
+  EXPECT_EQ(unknown.status, 404) << unknown.body;
+  EXPECT_EQ(json::parse(unknown.body)["error"]["message"], "no deletion request with id 'del-\xEF\xBF\xBD\xEF\xBF\xBD'");
+  EXPECT_EQ(client.request("GET", "/v1/retrain/\xff").status, 404);
+  EXPECT_EQ(client.request("GET", "/v1/\xff").status, 404);
+  const auto dtype = client.request("POST", "/v1/predict", std::string(36, '\0'),
+                                    {{"Content-Type", "application/octet-stream"}, {"X-Lethe-Dtype", "\xff"}});
+  EXPECT_EQ(dtype.status, 400) << dtype.body;
+  EXPECT_EQ(json::parse(dtype.body)["error"]["field"], "X-Lethe-Dtype");
+
+  // Nothing above leaked the library's text, and nothing was a 500; the service still works.
+  const auto metrics = client.request("GET", "/metrics").body;
+  EXPECT_NE(metrics.find("lethe_http_responses_total{class=\"5xx\"} 0\n"), std::string::npos) << metrics;
+  EXPECT_EQ(json::parse(send("/v1/predict", json{{"inputs", row}}.dump()).body).at("predictions").size(), 1u);
+  EXPECT_EQ(service.terminate(), 0) << service.log_text();
+}
+
+// Issue 14, finding 10: a full disk at submission is 503 storage_full with Retry-After, not a 500;
+// nothing is recorded, and the same request succeeds once space is freed. The job lives on a tmpfs
+// of its own that the test fills.
+TEST_F(ServiceTest, AFullDiskAtSubmissionIs503StorageFullAndTheRetrySucceeds) {
+  const auto disk = dir_ / "disk";
+  fs::create_directories(disk);
+  if (::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=64m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs to fill (" << std::strerror(errno) << "): needs root or CAP_SYS_ADMIN";
+  }
+  struct Unmount {
+    fs::path path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{disk};
+  // The job and its dataset moved together: the job finds its dataset beside it.
+  fs::copy(job(), disk / "run", fs::copy_options::recursive);
+  fs::copy(dir_ / "train.h5", disk / "train.h5");
+  ServiceProcess service(std::string(LETHE_BINARY) + " serve --job " + (disk / "run").string() +
+                             " --listen 127.0.0.1:0 --token-file " + (dir_ / "token").string(),
+                         dir_ / "serve.log");
+  auto client = service.client(kToken);
+
+  // Fill the disk, then submit more ids than any slack in the ledger's files could hold.
+  const auto filler = disk / "filler";
+  {
+    std::ofstream out(filler, std::ios::binary);
+    const std::string chunk(1 << 16, 'f');
+    while (out.write(chunk.data(), static_cast<std::streamsize>(chunk.size())) && out.flush()) {
+    }
+  }
+  json records = json::array();
+  for (int i = 0; i < 10000; ++i) records.push_back("full-disk-" + std::to_string(i) + "-" + std::string(200, 'p'));
+  const json request = {{"records", records}, {"idempotency_key", "full-disk-1"}};
+  const auto refused = client.request("POST", "/v1/deletions", request.dump());
+  ASSERT_EQ(refused.status, 503) << refused.body << service.log_text();
+  EXPECT_EQ(json::parse(refused.body)["error"]["code"], "storage_full");
+  ASSERT_TRUE(refused.header("Retry-After"));
+  EXPECT_EQ(*refused.header("Retry-After"), "10");
+  EXPECT_EQ(refused.body.find(disk.string()), std::string::npos) << "no path in the answer: " << refused.body;
+
+  // Space freed: the same request is accepted as new (nothing was recorded before) and completes.
+  fs::remove(filler);
+  const auto accepted = client.request("POST", "/v1/deletions", request.dump());
+  ASSERT_EQ(accepted.status, 202) << accepted.body;
+  EXPECT_TRUE(json::parse(accepted.body).at("created").get<bool>());
+  EXPECT_EQ(wait_for_receipt(client, json::parse(accepted.body).at("id")).at("status"), "completed");
+  EXPECT_EQ(service.terminate(), 0) << service.log_text();
+}
+
+// Issue 14, finding 6: connections that never send a request cannot lock out /healthz or the token
+// holder; the limit is `lethe serve --max-connections` and /metrics counts the evictions.
+TEST_F(ServiceTest, IdleConnectionsCannotLockOutHealthzOrTheTokenHolder) {
+  auto service = serve(1, "--max-connections 4 --header-timeout 60");
+  std::vector<std::unique_ptr<http::testing::RawConnection>> idle;
+  for (int i = 0; i < 4; ++i) idle.push_back(std::make_unique<http::testing::RawConnection>(service.port()));
+
+  auto anonymous = http::Client(http::parse_url(service.url()), std::nullopt, std::chrono::seconds(10));
+  const auto health = anonymous.request("GET", "/healthz");
+  EXPECT_EQ(health.status, 200) << health.body;
+  EXPECT_EQ(json::parse(health.body).at("status"), "ok") << health.body;
+  auto client = service.client(kToken);
+  EXPECT_EQ(client.request("GET", "/v1/models").status, 200);
+  // The first two idle connections made room for them.
+  for (int i = 0; i < 2; ++i) {
+    (void)idle[static_cast<std::size_t>(i)]->read_until_closed(std::chrono::seconds(10));
+    EXPECT_TRUE(idle[static_cast<std::size_t>(i)]->closed()) << "idle connection " << i;
+  }
+  const auto metrics = client.request("GET", "/metrics").body;
+  EXPECT_NE(metrics.find("lethe_http_connections_evicted_total 2\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("lethe_http_connections_refused_total 0\n"), std::string::npos) << metrics;
   EXPECT_EQ(service.terminate(), 0) << service.log_text();
 }
 

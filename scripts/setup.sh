@@ -24,6 +24,8 @@ packages=(
   python3 python3-numpy python3-h5py python3-matplotlib python3-torch
   # tests/slurm runs launch/slurm/*.sbatch on a one-node SLURM cluster it starts (sbatch, srun: slurm-client)
   slurmd slurmctld slurm-client munge
+  # scripts/fuzz.sh: clang with libFuzzer and the ASan/UBSan runtimes, llvm-symbolizer for its stacks
+  clang libclang-rt-14-dev llvm
 )
 
 missing=()

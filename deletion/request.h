@@ -39,6 +39,11 @@ inline constexpr std::size_t kMaxIdLength = storage::kMaxRecordIdLength;  // ids
 // kMaxRecordsPerRequest ids; repeated ids are kept once; unknown fields are refused.
 [[nodiscard]] DeletionRequest parse_deletion_request(const nlohmann::json& body);
 
+// A request body as JSON. RequestError on "body" when it is empty or not JSON, saying what is wrong
+// and where (line and column: a byte that is not UTF-8, a number out of range, a syntax error)
+// without quoting the body or naming the parser. Never throws anything else.
+[[nodiscard]] nlohmann::json parse_json_body(const std::string& body);
+
 // The inverse of parse_deletion_request.
 [[nodiscard]] nlohmann::json to_json(const DeletionRequest& request);
 

@@ -1,6 +1,6 @@
 // fuzz/fuzz_deletion_request.cpp — any bytes as the JSON body of POST /v1/deletions, through what
-// deletion/service.cpp does with it: its parse_body (mirrored in fuzz/service_body.h: nlohmann
-// parsing; a refused body is a RequestError), then lethe::deletion::parse_deletion_request; a
+// deletion/service.cpp does with it: lethe::deletion::parse_json_body (a refused body is a
+// RequestError), then lethe::deletion::parse_deletion_request; a
 // RequestError becomes a 400 written with http::json_error. Findings: a crash, any other exception
 // (the service would answer 500), a 400 body that cannot be written, or an accepted request that
 // does not survive to_json and back.
@@ -12,7 +12,6 @@
 
 #include "deletion/request.h"
 #include "fuzz/fuzz_support.h"
-#include "fuzz/service_body.h"
 #include "http/server.h"
 
 using lethe::fuzz::describe_current_exception;
@@ -38,7 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   json body;
   try {
-    body = lethe::fuzz::parse_body_as_service_does(text);
+    body = lethe::deletion::parse_json_body(text);
   } catch (const lethe::deletion::RequestError& e) {
     check_error_response(e);
     return 0;

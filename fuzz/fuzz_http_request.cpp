@@ -5,11 +5,11 @@
 // POST /v1/deletions the body through deletion/service.cpp's parse_body + parse_deletion_request.
 // Keep-alive requests that follow in the same bytes are parsed like the server's next read.
 //
-// Mirrored, not called (they are private to http/server.cpp's Session and deletion/service.cpp,
-// and those files are not changed for fuzzing): the header/body read sequence, the checks of
-// Session::on_header, the Beast message -> http::Request conversion of Session::handle,
-// Server::Impl::requires_token, service.cpp's parse_body (fuzz/service_body.h) and its 400/404 answers. Called for
-// real: Beast's parser, bearer_matches, Request::header, json_error, parse_deletion_request.
+// Mirrored, not called (they are private to http/server.cpp's Session, which is not changed for
+// fuzzing): the header/body read sequence, the checks of Session::on_header, the Beast message ->
+// http::Request conversion of Session::handle, Server::Impl::requires_token and the service's 400/404
+// answers. Called for real: Beast's parser, bearer_matches, Request::header, json_error,
+// parse_json_body (the service's body parsing), parse_deletion_request.
 // Findings: a crash, an exception escaping, an answer that cannot be written, or bearer_matches
 // disagreeing with its documented contract ("Bearer <token>", scheme case-insensitive).
 #include <algorithm>
@@ -26,7 +26,6 @@
 
 #include "deletion/request.h"
 #include "fuzz/fuzz_support.h"
-#include "fuzz/service_body.h"
 #include "http/auth.h"
 #include "http/server.h"
 
@@ -111,7 +110,7 @@ bool feed(bhttp::request_parser<bhttp::string_body>& parser, std::string_view in
 // parse_deletion_request; a RequestError is a 400.
 void deletion_body(const lethe::http::Request& request) {
   try {
-    (void)lethe::deletion::parse_deletion_request(lethe::fuzz::parse_body_as_service_does(request.body));
+    (void)lethe::deletion::parse_deletion_request(lethe::deletion::parse_json_body(request.body));
   } catch (const lethe::deletion::RequestError& e) {
     answer(400, "invalid_request", e.what(), e.field());
   }

@@ -196,25 +196,19 @@ void quantiles(std::ostringstream& out, const std::string& name, const std::stri
 std::string render_metrics(const CoordinatorMetrics& metrics, const JobRouter& router, const storage::Ledger& ledger,
                            const http::ServerStats& server) {
   std::ostringstream out;
-  out << "# HELP lethe_deletion_queue_depth Acknowledged deletion requests waiting for a batch.\n"
-         "# TYPE lethe_deletion_queue_depth gauge\n"
-      << "lethe_deletion_queue_depth " << metrics.queue_depth << "\n"
-      << "# HELP lethe_deletion_oldest_unfinished_seconds Age of the oldest acknowledged request not completed or failed.\n"
-         "# TYPE lethe_deletion_oldest_unfinished_seconds gauge\n"
-      << "lethe_deletion_oldest_unfinished_seconds " << metrics.oldest_unfinished_seconds << "\n"
-      << "# HELP lethe_deletion_batch_requests Requests in the batch in progress (0: none runs).\n"
-         "# TYPE lethe_deletion_batch_requests gauge\n"
-      << "lethe_deletion_batch_requests " << metrics.batch_requests << "\n"
-      << "# HELP lethe_deletion_batch_running_seconds How long the batch in progress has run.\n"
-         "# TYPE lethe_deletion_batch_running_seconds gauge\n"
-      << "lethe_deletion_batch_running_seconds " << metrics.batch_seconds << "\n"
-      << "# HELP lethe_deletion_batch_consecutive_failures Failed attempts of the current batch (0 after a success).\n"
-         "# TYPE lethe_deletion_batch_consecutive_failures gauge\n"
-      << "lethe_deletion_batch_consecutive_failures " << metrics.consecutive_failures << "\n"
-      << "# HELP lethe_ranks_heartbeat_waiting_seconds How long the current heartbeat has waited for the other ranks.\n"
-         "# TYPE lethe_ranks_heartbeat_waiting_seconds gauge\n"
-      << "lethe_ranks_heartbeat_waiting_seconds " << metrics.ranks_waiting_seconds << "\n"
-      << "# HELP lethe_health_problem 1 for each reason /healthz says degraded.\n"
+  const auto gauge = [&out](const char* name, const char* help, auto value) {
+    out << "# HELP " << name << " " << help << "\n# TYPE " << name << " gauge\n" << name << " " << value << "\n";
+  };
+  gauge("lethe_deletion_queue_depth", "Acknowledged deletion requests waiting for a batch.", metrics.queue_depth);
+  gauge("lethe_deletion_oldest_unfinished_seconds", "Age of the oldest acknowledged request not completed or failed.",
+        metrics.oldest_unfinished_seconds);
+  gauge("lethe_deletion_batch_requests", "Requests in the batch in progress (0: none runs).", metrics.batch_requests);
+  gauge("lethe_deletion_batch_running_seconds", "How long the batch in progress has run.", metrics.batch_seconds);
+  gauge("lethe_deletion_batch_consecutive_failures", "Failed attempts of the current batch (0 after a success).",
+        metrics.consecutive_failures);
+  gauge("lethe_ranks_heartbeat_waiting_seconds", "How long the current heartbeat has waited for the other ranks.",
+        metrics.ranks_waiting_seconds);
+  out << "# HELP lethe_health_problem 1 for each reason /healthz says degraded.\n"
          "# TYPE lethe_health_problem gauge\n";
   for (const auto problem : metrics.problems) out << "lethe_health_problem{problem=\"" << to_string(problem) << "\"} 1\n";
   out << "# HELP lethe_deletion_requests Deletion requests in the ledger by status.\n"

@@ -395,7 +395,9 @@ Ledger::Ledger(const std::filesystem::path& path, Access access, LostLog lost_lo
                               "-wal is missing although the ledger was not closed cleanly, so deletion requests "
                               "acknowledged since its last checkpoint are lost; put the -wal file back (it is part of "
                               "the ledger, never a temporary file) and start again. If it is gone for good, start once "
-                              "with --accept-ledger-loss and ask the clients of the lost requests to resubmit");
+                              "with --accept-ledger-loss and ask the clients of the lost requests to resubmit (if a SQLite tool, "
+                              "e.g. the sqlite3 shell or Python, opened the ledger after the crash, it copied the WAL "
+                              "into the file before removing it: then nothing was lost)");
       }
       set_meta(db, "wal_loss_accepted_ms", std::to_string(now_ms()));
     }

@@ -682,6 +682,27 @@ TEST(Ledger, ADamagedFileIsRefusedAtOpenNotAtTheFirstWrite) {
   EXPECT_TRUE(contains(message, path.string())) << message;
 }
 
+TEST(Ledger, AFlippedHeaderByteIsRefusedAtOpen) {
+  const auto path = ledger_in("header_flip");
+  {
+    Ledger ledger(path);
+    for (int i = 0; i < 50; ++i) (void)ledger.submit({"h-" + std::to_string(i)}, std::nullopt, std::nullopt);
+  }
+  const auto original = scratch::read_bytes(path);
+  // Page size, reserved bytes, payload fraction, database size, first freelist page: each makes the
+  // file unreadable or inconsistent, which must surface at open, not at the first POST.
+  for (const std::size_t offset : {16u, 20u, 21u, 28u, 32u}) {
+    auto bytes = original;
+    bytes[offset] = static_cast<char>(bytes[offset] ^ 0xff);
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    fs::remove(path.string() + "-wal");
+    fs::remove(path.string() + "-shm");
+    std::string message;
+    EXPECT_EQ(error_kind_of([&] { Ledger ledger(path); }, &message), StorageErrorKind::kDamaged)
+        << "header byte " << offset << ": " << message;
+  }
+}
+
 TEST(Ledger, AVersion1LedgerIsUpgradedWithDigestsForItsReceipts) {
   const auto path = ledger_in("upgrade");
   std::string id;

@@ -17,8 +17,10 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "http/client.h"
+#include "storage/dataset.h"
 
 namespace lethe::test {
 
@@ -119,6 +121,26 @@ class ServiceProcess {
   FILE* stdout_ = nullptr;
   unsigned short port_ = 0;
 };
+
+// `lethe serve` on `job` with the token file `token`, on an ephemeral loopback port, logging to
+// `log`; `launcher` runs it (e.g. mpiexec(2) of tests/trainer/cli_job_fixture.h), empty for one process.
+inline ServiceProcess serve_job(const std::filesystem::path& job, const std::filesystem::path& token,
+                                const std::filesystem::path& log, const std::string& launcher = "",
+                                const std::string& extra = "") {
+  return ServiceProcess(launcher + std::string(LETHE_BINARY) + " serve --job " + job.string() +
+                            " --listen 127.0.0.1:0 --token-file " + token.string() + " " + extra,
+                        log);
+}
+
+// Live non-public record ids of a dataset file, in file order: what a test may delete.
+inline std::vector<std::string> live_private_ids(const std::filesystem::path& dataset_file) {
+  const auto dataset = storage::Dataset::open(dataset_file);
+  std::vector<std::string> ids;
+  for (std::uint64_t row = 0; row < dataset.size(); ++row) {
+    if (!dataset.is_public(row) && !dataset.is_tombstoned(row)) ids.emplace_back(dataset.id(row));
+  }
+  return ids;
+}
 
 // Polls GET /v1/deletions/{id} until the receipt is completed or failed (or `limit` passes).
 inline nlohmann::json wait_for_receipt(http::Client& client, const std::string& id,

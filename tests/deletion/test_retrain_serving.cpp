@@ -50,10 +50,8 @@ class RetrainServing : public CliJobTest {
   // `ranks` > 1: the service, and the retrains it starts, under mpiexec.
   ServiceProcess serve(int ranks = 1) {
     const auto launcher = ranks > 1 ? mpiexec(ranks) : std::string();
-    return ServiceProcess(launcher + std::string(LETHE_BINARY) + " serve --job " + job().string() +
-                              " --listen 127.0.0.1:0 --token-file " + (dir_ / "token").string() +
-                              (ranks > 1 ? " --retrain-command '" + launcher + "{lethe} retrain --job {job} --id {id} --no-wait'" : ""),
-                          dir_ / "serve.log");
+    return serve_job(job(), dir_ / "token", dir_ / "serve.log", launcher,
+                     ranks > 1 ? "--retrain-command '" + launcher + "{lethe} retrain --job {job} --id {id} --no-wait'" : "");
   }
 
   // A live private record of (shard, slice) not in `taken`.

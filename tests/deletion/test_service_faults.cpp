@@ -77,19 +77,10 @@ class FaultTest : public CliJobTest {
   [[nodiscard]] fs::path job() const { return root_ / "run"; }
 
   ServiceProcess serve(int ranks = 1, const std::string& extra = "") {
-    return ServiceProcess((ranks > 1 ? mpiexec(ranks) : std::string()) + std::string(LETHE_BINARY) + " serve --job " +
-                              job().string() + " --listen 127.0.0.1:0 --token-file " + (dir_ / "token").string() + " " + extra,
-                          dir_ / "serve.log");
+    return serve_job(job(), dir_ / "token", dir_ / "serve.log", ranks > 1 ? mpiexec(ranks) : std::string(), extra);
   }
 
-  [[nodiscard]] std::vector<std::string> private_ids() const {
-    const auto dataset = storage::Dataset::open(root_ / "train.h5");
-    std::vector<std::string> ids;
-    for (std::uint64_t row = 0; row < dataset.size(); ++row) {
-      if (!dataset.is_public(row) && !dataset.is_tombstoned(row)) ids.emplace_back(dataset.id(row));
-    }
-    return ids;
-  }
+  [[nodiscard]] std::vector<std::string> private_ids() const { return live_private_ids(root_ / "train.h5"); }
   [[nodiscard]] bool erased(const std::string& id) const {
     const auto dataset = storage::Dataset::open(root_ / "train.h5");
     return dataset.is_tombstoned(dataset.row_of(id));

@@ -181,6 +181,32 @@ TEST_F(FullDisk, AcknowledgedRequestsWaitOutAFullDiskAndCompleteOnceSpaceIsFreed
   EXPECT_TRUE(erased(ids.at(3)));
 }
 
+// Finding 10: a full disk at submission is 503 storage_full with Retry-After, not a 500; nothing is
+// recorded, and the same request succeeds once space is freed.
+TEST_F(FullDisk, AFullDiskAtSubmissionIs503StorageFullAndTheRetrySucceeds) {
+  auto service = serve();
+  auto client = service.client(kToken);
+  const auto filler = fill_disk();
+  // More ids than any slack in the ledger's files could hold.
+  json records = json::array();
+  for (int i = 0; i < 10000; ++i) records.push_back("full-disk-" + std::to_string(i) + "-" + std::string(200, 'p'));
+  const json request = {{"records", records}, {"idempotency_key", "full-disk-1"}};
+  const auto refused = client.request("POST", "/v1/deletions", request.dump());
+  ASSERT_EQ(refused.status, 503) << refused.body << service.log_text();
+  EXPECT_EQ(json::parse(refused.body)["error"]["code"], "storage_full");
+  ASSERT_TRUE(refused.header("Retry-After"));
+  EXPECT_EQ(*refused.header("Retry-After"), "10");
+  EXPECT_EQ(refused.body.find(mounted_.string()), std::string::npos) << "no path in the answer: " << refused.body;
+
+  // Space freed: the same request is accepted as new (nothing was recorded before) and completes.
+  fs::remove(filler);
+  const auto accepted = client.request("POST", "/v1/deletions", request.dump());
+  ASSERT_EQ(accepted.status, 202) << accepted.body;
+  EXPECT_TRUE(json::parse(accepted.body).at("created").get<bool>());
+  EXPECT_EQ(wait_for_receipt(client, json::parse(accepted.body).at("id")).at("status"), "completed");
+  EXPECT_EQ(service.terminate(), 0) << service.log_text();
+}
+
 // Batch mode (`lethe delete --job`, Coordinator::run_until_idle) gives up on a full disk after its
 // attempts instead of waiting forever, and leaves the requests queued, not failed.
 TEST_F(FullDisk, BatchModeStopsWithTheRequestsStillQueuedAndALaterRunCompletesThem) {

@@ -1,6 +1,8 @@
 // `lethe bench noisy-gd --job DIR`: a trained job's noisy-GD model (DESIGN.md §4) measured in one run:
-// test accuracy, training time on all ranks against rank 0 alone (speed-up), and the wall time of
-// deleting d records (K_U noisy steps) against retraining from scratch; run it under mpirun -np N.
+// test accuracy, training time on all ranks against rank 0 alone (speed-up), the wall time of
+// deleting d records (K_U noisy steps) against retraining from scratch, and one noisy step on rank
+// 0 alone against one read pass over the same feature bytes (the memory floor); run it under
+// mpirun -np N.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -63,12 +65,79 @@ double median(std::vector<double> values) {
 // The records of `whole` (every block) in rank `rank`'s blocks of `world`, as load_noisy_gd_share cuts them.
 LocalData blocks_of(const trainer::NoisyGdShare& whole, int rank, int world) {
   std::vector<std::int64_t> keep;
+  std::vector<std::uint64_t> rows;
   for (std::size_t i = 0; i < whole.rows.size(); ++i) {
-    if ((whole.rows[i] / trainer::kNoisyGdBlockRows) % static_cast<std::uint64_t>(world) == static_cast<std::uint64_t>(rank))
+    if ((whole.rows[i] / trainer::kNoisyGdBlockRows) % static_cast<std::uint64_t>(world) == static_cast<std::uint64_t>(rank)) {
       keep.push_back(static_cast<std::int64_t>(i));
+      rows.push_back(whole.rows[i]);
+    }
   }
   const auto index = torch::tensor(keep, torch::kInt64);
-  return {whole.data.features.index_select(0, index).contiguous(), whole.data.labels.index_select(0, index).contiguous()};
+  return {whole.data.features.index_select(0, index).contiguous(), whole.data.labels.index_select(0, index).contiguous(),
+          trainer::noisy_gd_block_ends(rows)};
+}
+
+// Steps timed for step_ms, and read passes for read_pass_ms (after 2 untimed ones each).
+constexpr int kTimedSteps = 25;
+
+// Milliseconds of `body`, median of kTimedSteps runs after 2 warm-up runs.
+template <typename Body>
+double median_ms(Body&& body) {
+  for (int k = 0; k < 2; ++k) body();
+  std::vector<double> ms;
+  for (int k = 0; k < kTimedSteps; ++k) {
+    const auto start = std::chrono::steady_clock::now();
+    body();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  return median(ms);
+}
+
+// One read pass over `features` (float64, contiguous): every byte loaded once, into eight
+// independent sums so that the loop waits on memory, not on the adder.
+double read_pass(const at::Tensor& features) {
+  const double* x = features.data_ptr<double>();
+  const std::int64_t count = features.numel();
+  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::int64_t i = 0;
+  for (; i + 8 <= count; i += 8)
+    for (int k = 0; k < 8; ++k) s[k] += x[i + k];
+  for (; i < count; ++i) s[0] += x[i];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+// One noisy step on rank 0 alone over every record (`whole`), with the job's threads, against the
+// memory floor: one read pass over the same feature bytes, the fastest of a plain loop and
+// torch::sum, each the median of kTimedSteps passes.
+json step_against_floor(const trainer::JobManifest& manifest, const trainer::NoisyGdConfig& config, bool same_data,
+                        const LocalData& whole, comm::Communicator& solo) {
+  // The committed model where it was trained on these records (the weights a deletion starts
+  // from); else one step from 0 on them (a step costs the same for any weights).
+  std::optional<NoisyGdModel> stepper;
+  if (same_data) {
+    stepper.emplace(trainer::load_noisy_gd_model(manifest, solo));
+  } else {
+    trainer::NoisyGdConfig one_step = config;
+    one_step.settings.train_steps = 1;
+    stepper.emplace(one_step, solo);
+    stepper->train(whole);
+  }
+  const double step_ms = median_ms([&] { stepper->continue_training(whole, 1); });
+  const at::Tensor features = whole.features.contiguous();
+  volatile double sink = 0;
+  const double loop_ms = median_ms([&] { sink = sink + read_pass(features); });
+  const double torch_ms = median_ms([&] { sink = sink + features.sum().item<double>(); });
+  const double read_ms = std::min(loop_ms, torch_ms);
+  return {{"step_ms", step_ms},
+          {"read_pass_ms", read_ms},
+          {"step_over_read", step_ms / read_ms},
+          {"read_pass", {{"loop_ms", loop_ms}, {"torch_sum_ms", torch_ms}}},
+          {"records", whole.labels.size(0)},
+          {"feature_bytes", features.numel() * static_cast<std::int64_t>(sizeof(double))},
+          {"blocks", whole.block_ends.size()},
+          {"threads", manifest.config.threads},
+          {"timed_steps", kTimedSteps},
+          {"blas", trainer::blas_name()}};
 }
 
 // The ids of `deleted` records spread evenly over the live training records in row order (every
@@ -205,6 +274,8 @@ void run(const BenchNoisyGdArgs& args) {
   }
   comm->allreduce({&wrong, 1, comm::DataType::kInt32}, comm::ReduceOp::kSum);
   if (rank != 0) return;
+  // Last, on rank 0 alone: the other ranks are done (2 ranks on 2 cores leave it a core).
+  const json step = step_against_floor(manifest, config, same_data, whole.data, *solo);
   const double load_after = load_average();
 
   const auto& p = config.settings.params;
@@ -224,6 +295,11 @@ void run(const BenchNoisyGdArgs& args) {
               {"train_seconds", {{"ranks", world}, {"all", world_seconds}, {"median", t_world}}},
               {"deletions", deletions},
               {"wrong", wrong},
+              {"step_ms", step.at("step_ms")},
+              {"read_pass_ms", step.at("read_pass_ms")},
+              {"step_over_read_pass", step.at("step_over_read")},
+              {"blas", step.at("blas")},
+              {"step", step},
               {"load_average", {{"before", load_before}, {"after", load_after}}}};
   std::printf("# lethe bench noisy-gd: %s, %d rank(s), n = %lld records, %lld features, %lld classes\n",
               job.string().c_str(), world, static_cast<long long>(n), static_cast<long long>(config.num_features),
@@ -256,6 +332,13 @@ void run(const BenchNoisyGdArgs& args) {
                 d.at("accuracy_after_delete").get<double>(), d.at("accuracy_retrained").get<double>());
   std::printf("# #wrong: %d (models trained on 1 and %d ranks%s that differ in any bit)\n", wrong, world,
               same_data ? " and the committed model" : "");
+  std::printf("#\n# one noisy step on rank 0 alone (%lld records, %d thread(s), %s) against one read pass over its\n"
+              "# %.1f MB of features (the memory floor), median of %d each\n",
+              static_cast<long long>(step.at("records").get<std::int64_t>()), manifest.config.threads,
+              step.at("blas").get<std::string>().c_str(), step.at("feature_bytes").get<double>() / 1e6, kTimedSteps);
+  std::printf("%10s %14s %10s\n", "step_ms", "read_pass_ms", "ratio");
+  std::printf("%10.2f %14.2f %9.2fx\n", step.at("step_ms").get<double>(), step.at("read_pass_ms").get<double>(),
+              step.at("step_over_read").get<double>());
   std::fflush(stdout);
   if (!args.json_path.empty()) {
     std::ofstream file(args.json_path);

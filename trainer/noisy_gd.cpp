@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "storage/progress.h"
+#include "trainer/noisy_gd_kernel.h"
 
 namespace lethe::trainer {
 namespace {
@@ -28,39 +29,27 @@ std::uint64_t splitmix64(std::uint64_t x) {
 // Uniform in (0, 1]: never 0, so log() in Box-Muller is finite.
 double unit_interval(std::uint64_t bits) { return static_cast<double>((bits >> 11) + 1) * 0x1.0p-53; }
 
-// Exact fixed-point gradient sums: 128-bit integers, features and residuals on a grid of 2^-bits.
-__extension__ using Int128 = __int128;
-
 // Normalized features lie in [-1, 1]; this leaves room for the last bit of a division's rounding.
 constexpr double kFeatureBound = 1.0 + 1e-12;
 
-// Bits after the binary point of features and residuals (both in [-1, 1]): n products of two
-// such numbers sum to less than n 2^(2 bits) <= 2^125, inside a signed 128-bit integer. 52 bits
-// (the precision of a double in [0.5, 1)) up to n = 2^21; fewer for larger n.
+// The most records a gradient sums (see fixed_point_bits).
+constexpr std::int64_t kMaxRecords = std::int64_t{1} << 32;
+
+// Bits after the binary point of the fixed-point tile sums. A tile holds at most 256 rows, each
+// contributing s x_j r_c with |x_j| <= 1 + 1e-12, |r_c| <= 1 (p - e_y) and the clip scale s <= 1,
+// so every entry of a tile's X^T R is below 257 in magnitude (float rounding included), and
+// 257 * 2^42 < 2^51: the rounding to an integer is exact (see noisy_gd_kernel.cpp). Summed over
+// all tiles of all ranks (at most n tiles, each off by at most 1/2 from its scaled value):
+// |sum| <= 2^bits n (1 + 2e-12) + n / 2 < 2^63 when bits <= 62 - ceil(log2 n). So 42 bits (a
+// tile's error at most 2^-43, and so the mean's) up to n = 2^20, one fewer per doubling of n, 30
+// bits at the largest n allowed (2^32). Every partial sum of these integers, in any order, is
+// bounded the same way: the int64 sums never overflow and are exact.
 int fixed_point_bits(std::int64_t n) {
   int log2_n = 0;
-  while (log2_n < 62 && (std::int64_t{1} << log2_n) < n) ++log2_n;
-  return std::min(52, (125 - log2_n) / 2);
+  while ((std::int64_t{1} << log2_n) < n) ++log2_n;
+  return std::min(42, 62 - log2_n);
 }
-
-// Sums `values` over all ranks exactly: each value is cut into three 42-bit limbs (the top one
-// signed), each limb summed as int64 (no overflow below 2^21 ranks), and the limbs recombined.
-void allreduce_exact(comm::Communicator& comm, std::vector<Int128>& values) {
-  if (comm.size() == 1) return;
-  constexpr int kLimbBits = 42;
-  constexpr Int128 kLimbMask = (Int128{1} << kLimbBits) - 1;
-  const std::size_t count = values.size();
-  std::vector<std::int64_t> limbs(3 * count);
-  for (std::size_t k = 0; k < count; ++k) {
-    limbs[k] = static_cast<std::int64_t>(values[k] & kLimbMask);
-    limbs[count + k] = static_cast<std::int64_t>((values[k] >> kLimbBits) & kLimbMask);
-    limbs[2 * count + k] = static_cast<std::int64_t>(values[k] >> (2 * kLimbBits));  // arithmetic shift
-  }
-  comm.allreduce({limbs.data(), limbs.size(), comm::DataType::kInt64, comm::MemoryKind::kHost}, comm::ReduceOp::kSum);
-  for (std::size_t k = 0; k < count; ++k)
-    values[k] = Int128{limbs[k]} + Int128{limbs[count + k]} * (Int128{1} << kLimbBits) +
-                Int128{limbs[2 * count + k]} * (Int128{1} << (2 * kLimbBits));
-}
+static_assert(kNoisyGdTileRows == detail::kMaxTileRows, "the fixed-point bound counts on tiles of at most 256 rows");
 
 nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
 
@@ -166,6 +155,17 @@ void NoisyGdModel::check_data(const LocalData& data, const char* what) const {
       data.labels.scalar_type() != torch::kInt64)
     throw NoisyGdError(where + "labels must be int64 with one entry per feature row (" +
                        std::to_string(data.features.size(0)) + ")");
+  std::int64_t previous = 0;
+  for (const std::int64_t end : data.block_ends) {
+    if (end <= previous || end > data.labels.size(0))
+      throw NoisyGdError(where + "block_ends must increase strictly from above 0 to the rows (" +
+                         std::to_string(data.labels.size(0)) + "), got " + std::to_string(end) + " after " +
+                         std::to_string(previous));
+    previous = end;
+  }
+  if (!data.block_ends.empty() && previous != data.labels.size(0))
+    throw NoisyGdError(where + "the last block must end at the last row (" + std::to_string(data.labels.size(0)) +
+                       "), got " + std::to_string(previous));
   if (data.labels.numel() > 0 &&
       (data.labels.min().item<std::int64_t>() < 0 || data.labels.max().item<std::int64_t>() >= config_.num_classes))
     throw NoisyGdError(where + "labels must lie in [0, " + std::to_string(config_.num_classes) + ")");
@@ -185,9 +185,13 @@ at::Tensor NoisyGdModel::full_gradient(const LocalData& data) {
 }
 
 at::Tensor NoisyGdModel::gradient(const LocalData& data, std::int64_t n) {
-  // Per example: logits, softmax, residual p - e_y, clip scale; then x (p - e_y)^T added to the
-  // sum in fixed point. Integer sums are exact, so every split of the records over ranks and
-  // every summation order gives the same bits: a model is identical on 1 or N ranks.
+  // Tile by tile (at most kNoisyGdTileRows rows of one block): logits X_t W, softmax, residual
+  // p - e_y, the per-example clip, then X_t^T R_t rounded to fixed point (noisy_gd_kernel.h). A
+  // tile's floats depend only on its rows and W, whatever rank holds it, and the integer sums are
+  // exact: a model is identical on 1 or N ranks for any assignment of whole blocks.
+  if (n > kMaxRecords)
+    throw NoisyGdError("noisy GD gradient: n = " + std::to_string(n) + " records is more than the exact sums allow (" +
+                       std::to_string(kMaxRecords) + ")");
   const std::int64_t rows = data.features.size(0);
   const std::int64_t d = config_.num_features;
   const std::int64_t classes = config_.num_classes;
@@ -196,57 +200,37 @@ at::Tensor NoisyGdModel::gradient(const LocalData& data, std::int64_t n) {
   const at::Tensor w_tensor = weights_.contiguous();
   const double* x = x_tensor.data_ptr<double>();
   const std::int64_t* y = y_tensor.data_ptr<std::int64_t>();
-  const double* w = w_tensor.data_ptr<double>();
   const int bits = fixed_point_bits(n);
-  const double unit = std::ldexp(1.0, bits);
-  std::vector<Int128> sum(static_cast<std::size_t>(d * classes), 0);
-  std::vector<double> logits(static_cast<std::size_t>(classes));
-  std::vector<std::int64_t> x_fixed(static_cast<std::size_t>(d));
-  std::vector<std::int64_t> r_fixed(static_cast<std::size_t>(classes));
-  for (std::int64_t i = 0; i < rows; ++i) {
-    const double* xi = x + i * d;
-    std::fill(logits.begin(), logits.end(), 0.0);
-    double x_norm2 = 0.0;
-    for (std::int64_t j = 0; j < d; ++j) {
-      const double v = xi[j];
-      if (!(std::abs(v) <= kFeatureBound))
-        throw NoisyGdError("noisy GD gradient on rank " + std::to_string(comm_->rank()) + ": feature " +
-                           std::to_string(j) + " of local row " + std::to_string(i) + " is " + std::to_string(v) +
-                           "; features must come from normalize_features() (norm 1)");
-      x_fixed[static_cast<std::size_t>(j)] = static_cast<std::int64_t>(std::nearbyint(v * unit));
-      if (v == 0.0) continue;  // features after a ReLU are often 0
-      x_norm2 += v * v;
-      const double* __restrict wj = w + j * classes;
-      double* __restrict z = logits.data();
-      for (std::int64_t c = 0; c < classes; ++c) z[c] += v * wj[c];
+  detail::TileSums tiles(w_tensor.data_ptr<double>(), d, classes, config_.settings.params.clip, bits, kFeatureBound,
+                         detail::best_tile_kernel());
+  const auto add_tile = [&](std::int64_t begin, std::int64_t end) {
+    const std::int64_t bad = tiles.add(x + begin * d, y + begin, end - begin);
+    if (bad >= 0) {
+      const double* row = x + (begin + bad) * d;
+      std::int64_t j = 0;
+      while (j + 1 < d && std::abs(row[j]) <= kFeatureBound) ++j;
+      throw NoisyGdError("noisy GD gradient on rank " + std::to_string(comm_->rank()) + ": feature " + std::to_string(j) +
+                         " of local row " + std::to_string(begin + bad) + " is " + std::to_string(row[j]) +
+                         "; features must come from normalize_features() (norm 1)");
     }
-    const double top = *std::max_element(logits.begin(), logits.end());
-    double total = 0.0;
-    for (double& z : logits) total += (z = std::exp(z - top));
-    double r_norm2 = 0.0;
-    for (std::int64_t c = 0; c < classes; ++c) {
-      double& r = logits[static_cast<std::size_t>(c)];
-      r = r / total - (c == y[i] ? 1.0 : 0.0);  // d loss / d logits = p - e_y
-      r_norm2 += r * r;
-    }
-    // The example's gradient x (p - e_y)^T has norm ||x|| ||p - e_y||; clip it to M.
-    const double norm = std::sqrt(x_norm2) * std::sqrt(r_norm2);
-    const double scale = norm > config_.settings.params.clip ? config_.settings.params.clip / norm : 1.0;
-    for (std::int64_t c = 0; c < classes; ++c)
-      r_fixed[static_cast<std::size_t>(c)] =
-          static_cast<std::int64_t>(std::nearbyint(logits[static_cast<std::size_t>(c)] * scale * unit));
-    for (std::int64_t j = 0; j < d; ++j) {
-      const Int128 xj = x_fixed[static_cast<std::size_t>(j)];
-      if (xj == 0) continue;
-      Int128* out = sum.data() + j * classes;
-      for (std::int64_t c = 0; c < classes; ++c) out[c] += xj * r_fixed[static_cast<std::size_t>(c)];
-    }
-  }
-  allreduce_exact(*comm_, sum);
+    if (bad == -2)
+      throw NoisyGdError("noisy GD gradient on rank " + std::to_string(comm_->rank()) +
+                         ": a tile's gradient is not finite (the weights diverged)");
+  };
+  // Blocks as LocalData gives them, each cut into tiles from its first row.
+  std::int64_t begin = 0;
+  const auto add_block = [&](std::int64_t end) {
+    for (; begin < end; begin = std::min(end, begin + kNoisyGdTileRows)) add_tile(begin, std::min(end, begin + kNoisyGdTileRows));
+  };
+  for (const std::int64_t end : data.block_ends) add_block(end);
+  add_block(rows);  // block_ends empty: the whole share is one block
+
+  std::vector<std::int64_t>& sum = tiles.sums();
+  if (comm_->size() > 1)
+    comm_->allreduce({sum.data(), sum.size(), comm::DataType::kInt64, comm::MemoryKind::kHost}, comm::ReduceOp::kSum);
   at::Tensor gradient = torch::empty({d, classes}, torch::kFloat64);
   double* g = gradient.data_ptr<double>();
-  for (std::size_t k = 0; k < sum.size(); ++k)
-    g[k] = std::ldexp(static_cast<double>(sum[k]), -2 * bits) / static_cast<double>(n);
+  for (std::size_t k = 0; k < sum.size(); ++k) g[k] = std::ldexp(static_cast<double>(sum[k]), -bits) / static_cast<double>(n);
   return gradient + config_.settings.params.lambda * weights_;
 }
 

@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -44,11 +45,22 @@ struct NoisyGdConfig {
   std::uint64_t seed = 0;            // the noise stream
 };
 
+// Rows of one gradient tile: the gradient is computed tile by tile, a tile being at most this
+// many consecutive rows of one block (a block of more rows is cut into tiles from its first row).
+inline constexpr std::int64_t kNoisyGdTileRows = 256;
+
 // This rank's share of the current dataset: normalized features (rows, num_features) and labels
 // (rows) int64 in [0, num_classes). Ranks hold disjoint shares; any rank may hold none.
+//
+// The records are grouped in blocks: consecutive rows, block k ending at row block_ends[k]
+// (cumulative, strictly increasing, the last one = rows; empty = all local rows form one block).
+// Each block's share of the gradient is computed alone, with the same float operations wherever
+// it lies, and summed exactly: a model is bit-identical for any assignment of whole blocks to
+// ranks (load_noisy_gd_share() gives blocks of dataset rows; see kNoisyGdBlockRows).
 struct LocalData {
   at::Tensor features;
   at::Tensor labels;
+  std::vector<std::int64_t> block_ends;
 };
 
 // What one deletion did and certifies: the receipt part of the noisy-GD route.
@@ -94,8 +106,10 @@ class NoisyGdModel {
   // Fraction of correctly classified records over all ranks' shares. Collective.
   [[nodiscard]] double accuracy(const LocalData& data);
   // The full gradient of F_D at the current theta, clipped per example, all-reduced. Collective.
-  // Per-example terms are summed exactly (128-bit fixed point, 2^-52 resolution up to n = 2^21),
-  // so the result, and every trained model, is bit-identical for any split of the data over ranks.
+  // Each tile's partial sum X_t^T R_t (float64, trainer/noisy_gd_kernel.h) is rounded to a
+  // fixed-point int64 (2^-42 resolution up to n = 2^20, one bit less per doubling of n; n above
+  // 2^32 is refused) and the integers are summed exactly, so the result, and every trained model,
+  // is bit-identical for any assignment of whole blocks (LocalData::block_ends) to ranks.
   [[nodiscard]] at::Tensor full_gradient(const LocalData& data);
 
   [[nodiscard]] const at::Tensor& weights() const { return weights_; }

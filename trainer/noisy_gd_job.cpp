@@ -93,6 +93,15 @@ at::Tensor noisy_gd_features(LetheModel& backbone, const at::Tensor& inputs, std
   return normalize_features(raw);
 }
 
+std::vector<std::int64_t> noisy_gd_block_ends(std::span<const std::uint64_t> rows) {
+  std::vector<std::int64_t> ends;
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    if (rows[i] / kNoisyGdBlockRows != rows[i - 1] / kNoisyGdBlockRows) ends.push_back(static_cast<std::int64_t>(i));
+  }
+  if (!rows.empty()) ends.push_back(static_cast<std::int64_t>(rows.size()));
+  return ends;
+}
+
 NoisyGdShare load_noisy_gd_share(const storage::Dataset& dataset, FrozenBackbone& backbone,
                                  std::span<const std::uint64_t> exclude, comm::Communicator& comm) {
   storage::RecordFilter filter;
@@ -103,14 +112,11 @@ NoisyGdShare load_noisy_gd_share(const storage::Dataset& dataset, FrozenBackbone
     if (excluded.count(row) == 0) live.push_back(row);
   }
   std::vector<std::uint64_t> rows;
-  std::vector<std::int64_t> block_ends;  // in `rows`: where each of this rank's blocks ends
   for (const auto row : live) {
     const auto block = row / kNoisyGdBlockRows;
-    if (block % static_cast<std::uint64_t>(comm.size()) != static_cast<std::uint64_t>(comm.rank())) continue;
-    if (!rows.empty() && rows.back() / kNoisyGdBlockRows != block) block_ends.push_back(static_cast<std::int64_t>(rows.size()));
-    rows.push_back(row);
+    if (block % static_cast<std::uint64_t>(comm.size()) == static_cast<std::uint64_t>(comm.rank())) rows.push_back(row);
   }
-  if (!rows.empty()) block_ends.push_back(static_cast<std::int64_t>(rows.size()));
+  auto block_ends = noisy_gd_block_ends(rows);  // in `rows`: where each of this rank's blocks ends
   const auto records = read_records(dataset, rows, backbone.config());
   NoisyGdShare share;
   std::vector<at::Tensor> features;
@@ -124,6 +130,7 @@ NoisyGdShare load_noisy_gd_share(const storage::Dataset& dataset, FrozenBackbone
   share.data.features = features.empty() ? torch::zeros({0, feature_dim(backbone.config()) + 1}, torch::kFloat64)
                                          : torch::cat(features, 0);
   share.data.labels = records.labels;
+  share.data.block_ends = std::move(block_ends);
   share.ids.reserve(rows.size());
   for (const auto row : rows) share.ids.emplace_back(dataset.id(row));
   share.rows = std::move(rows);
@@ -144,6 +151,7 @@ NoisyGdShare without(const NoisyGdShare& share, const std::vector<std::string>& 
   const auto index = torch::tensor(keep, torch::kInt64);
   out.data.features = share.data.features.index_select(0, index);
   out.data.labels = share.data.labels.index_select(0, index);
+  out.data.block_ends = noisy_gd_block_ends(out.rows);
   return out;
 }
 

@@ -63,10 +63,18 @@ struct NoisyGdSection {
 // model, are then the same bits for any number of ranks (an optimized BLAS rounds a row
 // differently in batches of different sizes).
 inline constexpr std::uint64_t kNoisyGdBlockRows = 256;
+static_assert(kNoisyGdBlockRows == static_cast<std::uint64_t>(kNoisyGdTileRows),
+              "a block is one gradient tile: one GEMM of exactly its rows");
+
+// LocalData::block_ends of records at dataset rows `rows` (ascending): a block ends where the
+// next row lies in another block of kNoisyGdBlockRows dataset rows (a block with deleted records
+// is shorter; one without records is absent).
+[[nodiscard]] std::vector<std::int64_t> noisy_gd_block_ends(std::span<const std::uint64_t> rows);
 
 // This rank's share of the records the model trains on: the dataset's live non-public rows minus
 // `exclude` (rows a committed batch deleted, not yet erased), in this rank's blocks; normalized
-// backbone features, labels, and the record ids and rows aligned with them. Collective-free.
+// backbone features, labels and block ends, and the record ids and rows aligned with them.
+// Collective-free.
 struct NoisyGdShare {
   LocalData data;
   std::vector<std::string> ids;
@@ -74,7 +82,7 @@ struct NoisyGdShare {
 };
 [[nodiscard]] NoisyGdShare load_noisy_gd_share(const storage::Dataset& dataset, FrozenBackbone& backbone,
                                                std::span<const std::uint64_t> exclude, comm::Communicator& comm);
-// The share without the records whose id is in `deleted` (sorted).
+// The share without the records whose id is in `deleted` (sorted), its block ends recomputed.
 [[nodiscard]] NoisyGdShare without(const NoisyGdShare& share, const std::vector<std::string>& deleted);
 
 // The model version the manifest's section names, bound to `comm`; TrainerError (kNotFound) when

@@ -76,6 +76,38 @@ TEST(NoisyGdGradient, MatchesAutogradOfTheObjective) {
   EXPECT_LT(max_abs_diff(model.full_gradient(data), theta.grad()), 1e-14);
 }
 
+// The plain float64 gradient on the whole data (torch ops): mean of clip(x (p - e_y)^T) + lambda theta.
+at::Tensor reference_gradient(const LocalData& data, const at::Tensor& theta, double lambda, double clip) {
+  const at::Tensor residual = torch::softmax(data.features.mm(theta), 1) -
+                              torch::one_hot(data.labels, theta.size(1)).to(torch::kFloat64);
+  const at::Tensor norms = data.features.norm(2, {1}) * residual.norm(2, {1});
+  const at::Tensor scale = torch::where(norms > clip, clip / norms, torch::ones_like(norms));
+  return data.features.t().mm(residual * scale.unsqueeze(1)) / static_cast<double>(data.labels.size(0)) +
+         lambda * theta;
+}
+
+TEST(NoisyGdGradient, TiledExactSumsMatchAPlainFloat64Gradient) {
+  // 1000 rows in blocks of 256 (the last short) and in one block: 4 tiles either way.
+  LocalData data = synthetic_data(1000, 13, 0.3);
+  for (const double clip : {std::sqrt(2.0), 0.3}) {
+    NoisyGdConfig config = small_config(7);
+    config.settings.params.clip = clip;
+    config.settings.params.sigma = 1.0;  // big noise: large weights, softmax near its extremes
+    config.settings.train_steps = 30;
+    auto comm = single_rank();
+    NoisyGdModel model(config, *comm);
+    model.train(data);
+    ASSERT_GT(model.weights().abs().max().item<double>(), 1.0);
+    const at::Tensor expected = reference_gradient(data, model.weights(), config.settings.params.lambda, clip);
+    for (const auto& ends : {std::vector<std::int64_t>{}, std::vector<std::int64_t>{256, 512, 768, 1000},
+                             std::vector<std::int64_t>{1, 300, 999, 1000}}) {
+      data.block_ends = ends;
+      EXPECT_LT(max_abs_diff(model.full_gradient(data), expected), 1e-12) << "clip " << clip << ", " << ends.size() << " ends";
+    }
+    data.block_ends.clear();
+  }
+}
+
 TEST(NoisyGdGradient, ClipAtSqrtTwoChangesNothingAndBelowItDoes) {
   const LocalData data = synthetic_data(80, 12, 0.3);
   auto comm = single_rank();

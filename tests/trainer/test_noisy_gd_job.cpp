@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -196,6 +197,8 @@ TEST_F(NoisyGdJob, SharesPartitionTheLiveNonPublicRecordsAndTheApiRoundTrips) {
     EXPECT_EQ(share.data.features.size(1), 16 + 1) << "top block width + bias input";
     EXPECT_EQ(share.data.features.scalar_type(), torch::kFloat64);
     EXPECT_LT((share.data.features.norm(2, {1}) - 1).abs().max().item<double>(), 1e-12) << "normalized";
+    EXPECT_EQ(share.data.block_ends, std::vector<std::int64_t>{static_cast<std::int64_t>(share.ids.size())})
+        << "one block of dataset rows per rank";
     for (std::size_t i = 0; i < share.ids.size(); ++i) {
       EXPECT_TRUE(all.insert(share.ids[i]).second) << share.ids[i] << " is in both shares";
       EXPECT_EQ(share.data.labels[static_cast<std::int64_t>(i)].item<std::int64_t>(), label_of.at(share.ids[i]))
@@ -213,6 +216,8 @@ TEST_F(NoisyGdJob, SharesPartitionTheLiveNonPublicRecordsAndTheApiRoundTrips) {
   auto world = lethe::comm::make_in_process_world(1);
   const auto whole = share_of(job, *world.front());
   ASSERT_EQ(whole.ids.size(), expected.size());
+  EXPECT_EQ(whole.data.block_ends, (std::vector<std::int64_t>{static_cast<std::int64_t>(shares[0].ids.size()),
+                                                               static_cast<std::int64_t>(expected.size())}));
   std::map<std::string, at::Tensor> shared_feature;
   for (const auto& share : shares) {
     for (std::size_t i = 0; i < share.ids.size(); ++i) shared_feature[share.ids[i]] = share.data.features[static_cast<std::int64_t>(i)];
@@ -283,39 +288,144 @@ TEST_F(NoisyGdJob, JobWithoutNoisyGdSaysSoWhenAskedForItsModel) {
   EXPECT_EQ(json_of(e).at("models").size(), 1u);
 }
 
-// The gradient sums are exact, so any split of the records over ranks, round-robin or contiguous,
-// uneven or with an empty rank, trains the same bits (the S3T digests' guarantee, for noisy GD).
-TEST(NoisyGdExactSums, BitIdenticalModelsForAnySplitOverRanks) {
-  namespace fixtures = lethe::trainer::testing;
-  const auto data = fixtures::synthetic_data(203, 41, 0.2);
-  auto one = lethe::comm::make_in_process_world(1);
-  lethe::trainer::NoisyGdModel reference(fixtures::small_config(3), *one.front());
-  reference.train(data);
-  for (const int world : {2, 3, 5}) {
-    for (const bool round_robin : {true, false}) {
-      std::vector<at::Tensor> weights(static_cast<std::size_t>(world));
-      lethe::comm::run_in_process(world, [&](lethe::comm::Communicator& comm) {
-        // 203 rows: every split is uneven.
-        const auto share = round_robin ? lethe::trainer::LocalData{data.features.slice(0, comm.rank(), c10::nullopt, world).contiguous(),
-                                                                   data.labels.slice(0, comm.rank(), c10::nullopt, world).contiguous()}
-                                       : fixtures::share_of(data, comm.rank(), world);
-        lethe::trainer::NoisyGdModel model(fixtures::small_config(3), comm);
-        model.train(share);
-        weights[static_cast<std::size_t>(comm.rank())] = model.weights().clone();
-      });
-      for (const auto& w : weights)
-        EXPECT_TRUE(torch::equal(w, reference.weights())) << world << " ranks, round robin " << round_robin;
-    }
+// Blocks of the data the split tests use: full ones of 256 rows, shorter ones (a block whose
+// records were partly deleted, down to 1 row) and one of 300 rows (cut into tiles of 256 and 44).
+const std::vector<std::int64_t> kBlockRows{256, 256, 100, 256, 37, 256, 1, 300, 180};
+
+// The blocks `blocks` of `data` (block k: rows [ends[k - 1], ends[k])), in that order, as one
+// rank's share with its block ends.
+lethe::trainer::LocalData blocks_of(const lethe::trainer::LocalData& data, const std::vector<std::int64_t>& ends,
+                                    const std::vector<std::size_t>& blocks) {
+  std::vector<std::int64_t> rows;
+  lethe::trainer::LocalData out;
+  for (const auto b : blocks) {
+    for (std::int64_t row = b == 0 ? 0 : ends[b - 1]; row < ends[b]; ++row) rows.push_back(row);
+    out.block_ends.push_back(static_cast<std::int64_t>(rows.size()));
   }
-  // A rank without records still takes part in every step.
-  std::vector<at::Tensor> weights(2);
-  lethe::comm::run_in_process(2, [&](lethe::comm::Communicator& comm) {
-    const auto share = comm.rank() == 0 ? data : fixtures::rows_of(data, 0, 0);
-    lethe::trainer::NoisyGdModel model(fixtures::small_config(3), comm);
+  const auto index = torch::tensor(rows, torch::kInt64);
+  out.features = data.features.index_select(0, index).contiguous();
+  out.labels = data.labels.index_select(0, index).contiguous();
+  return out;
+}
+
+// The weights after training on every rank of `world`, rank r holding the blocks assign(r).
+template <typename Assign>
+std::vector<at::Tensor> train_on_ranks(const lethe::trainer::LocalData& data, const std::vector<std::int64_t>& ends,
+                                       int world, Assign&& assign) {
+  std::vector<at::Tensor> weights(static_cast<std::size_t>(world));
+  lethe::comm::run_in_process(world, [&](lethe::comm::Communicator& comm) {
+    const auto share = blocks_of(data, ends, assign(comm.rank()));
+    lethe::trainer::NoisyGdModel model(lethe::trainer::testing::small_config(3), comm);
     model.train(share);
     weights[static_cast<std::size_t>(comm.rank())] = model.weights().clone();
   });
-  EXPECT_TRUE(torch::equal(weights[1], reference.weights()));
+  return weights;
+}
+
+// Each block's gradient is computed alone and the sums are exact, so any assignment of whole
+// blocks to ranks, round-robin or contiguous, uneven, in any order or with an empty rank, trains
+// the same bits (the S3T digests' guarantee, for noisy GD).
+TEST(NoisyGdExactSums, BitIdenticalModelsForAnyAssignmentOfWholeBlocksToRanks) {
+  namespace fixtures = lethe::trainer::testing;
+  std::vector<std::int64_t> ends;
+  for (const auto rows : kBlockRows) ends.push_back((ends.empty() ? 0 : ends.back()) + rows);
+  const std::size_t blocks = ends.size();
+  auto data = fixtures::synthetic_data(ends.back(), 41, 0.2);
+  data.block_ends = ends;
+  auto one = lethe::comm::make_in_process_world(1);
+  lethe::trainer::NoisyGdModel reference(fixtures::small_config(3), *one.front());
+  reference.train(data);
+
+  for (const int world : {2, 3, 5}) {
+    const auto n_ranks = static_cast<std::size_t>(world);
+    const std::map<std::string, std::function<std::vector<std::size_t>(int)>> splits{
+        {"round robin",
+         [&](int rank) {
+           std::vector<std::size_t> mine;
+           for (std::size_t b = static_cast<std::size_t>(rank); b < blocks; b += n_ranks) mine.push_back(b);
+           return mine;
+         }},
+        {"contiguous",
+         [&](int rank) {
+           std::vector<std::size_t> mine;
+           const auto r = static_cast<std::size_t>(rank);
+           for (std::size_t b = blocks * r / n_ranks; b < blocks * (r + 1) / n_ranks; ++b) mine.push_back(b);
+           return mine;
+         }},
+        {"uneven and reversed, ranks past 1 empty",  // rank 0 one block, rank 1 the rest backwards
+         [&](int rank) {
+           std::vector<std::size_t> mine;
+           if (rank == 0) mine.push_back(3);
+           if (rank == 1)
+             for (std::size_t b = blocks; b-- > 0;)
+               if (b != 3) mine.push_back(b);
+           return mine;
+         }},
+    };
+    for (const auto& [name, assign] : splits) {
+      for (const auto& w : train_on_ranks(data, ends, world, assign))
+        EXPECT_TRUE(torch::equal(w, reference.weights())) << world << " ranks, " << name;
+    }
+  }
+  // A rank without records still takes part in every step.
+  std::vector<std::size_t> all(blocks);
+  for (std::size_t b = 0; b < blocks; ++b) all[b] = b;
+  for (const auto& w : train_on_ranks(data, ends, 2, [&](int rank) { return rank == 0 ? all : std::vector<std::size_t>{}; }))
+    EXPECT_TRUE(torch::equal(w, reference.weights())) << "an empty rank";
+
+  // A block of more rows than a tile is cut into tiles from its first row: blocks of 256 rows
+  // and one of 600 rows give the same bits; so do no block ends and one block of every row.
+  auto rows_600 = fixtures::rows_of(data, 0, 600);
+  lethe::trainer::NoisyGdModel one_block(fixtures::small_config(3), *one.front());
+  one_block.train(rows_600);
+  for (const auto& block_ends : {std::vector<std::int64_t>{600}, std::vector<std::int64_t>{256, 512, 600}}) {
+    rows_600.block_ends = block_ends;
+    lethe::trainer::NoisyGdModel model(fixtures::small_config(3), *one.front());
+    model.train(rows_600);
+    EXPECT_TRUE(torch::equal(model.weights(), one_block.weights())) << block_ends.size() << " blocks";
+  }
+  rows_600.block_ends = {100, 600};  // other tiles: other float roundings, the same model up to them
+  lethe::trainer::NoisyGdModel other_tiles(fixtures::small_config(3), *one.front());
+  other_tiles.train(rows_600);
+  EXPECT_LT((other_tiles.weights() - one_block.weights()).abs().max().item<double>(), 1e-12);
+}
+
+TEST(NoisyGdExactSums, BlockEndsFollowTheDatasetRowsAndSurviveDeletions) {
+  using lethe::trainer::noisy_gd_block_ends;
+  using Ends = std::vector<std::int64_t>;
+  EXPECT_EQ(noisy_gd_block_ends(std::vector<std::uint64_t>{}), Ends{});
+  EXPECT_EQ(noisy_gd_block_ends(std::vector<std::uint64_t>{0, 1, 255, 256, 300, 512, 1025}), (Ends{3, 5, 6, 7}));
+  EXPECT_EQ(noisy_gd_block_ends(std::vector<std::uint64_t>{768, 1000, 1023}), Ends{3}) << "rank 1 of 2: block 3 only";
+
+  NoisyGdShare share;
+  share.rows = {0, 2, 255, 256, 300, 600, 1000};
+  for (const auto row : share.rows) share.ids.push_back("r" + std::to_string(row));
+  const auto rows = static_cast<std::int64_t>(share.rows.size());
+  share.data.features = torch::arange(rows * 2, torch::kFloat64).reshape({rows, 2});
+  share.data.labels = torch::arange(rows, torch::kInt64);
+  share.data.block_ends = noisy_gd_block_ends(share.rows);
+  ASSERT_EQ(share.data.block_ends, (Ends{3, 5, 6, 7}));
+  const auto kept = lethe::trainer::without(share, {"r2", "r256", "r600"});
+  EXPECT_EQ(kept.rows, (std::vector<std::uint64_t>{0, 255, 300, 1000}));
+  EXPECT_EQ(kept.data.block_ends, (Ends{2, 3, 4})) << "block 2 lost its only record";
+  EXPECT_TRUE(torch::equal(kept.data.labels, torch::tensor({0, 2, 4, 6}, torch::kInt64)));
+  EXPECT_TRUE(torch::equal(lethe::trainer::without(share, {"r0", "r2", "r255", "r256", "r300", "r600", "r1000"}).data.labels,
+                           torch::zeros({0}, torch::kInt64)));
+  EXPECT_TRUE(lethe::trainer::without(share, {"r0", "r2", "r255", "r256", "r300", "r600", "r1000"}).data.block_ends.empty());
+}
+
+TEST(NoisyGdExactSums, BlockEndsThatDoNotCoverTheRowsAreRefused) {
+  namespace fixtures = lethe::trainer::testing;
+  auto one = lethe::comm::make_in_process_world(1);
+  lethe::trainer::NoisyGdModel model(fixtures::small_config(3), *one.front());
+  auto data = fixtures::synthetic_data(20, 1);
+  for (const auto& ends : {std::vector<std::int64_t>{10}, std::vector<std::int64_t>{0, 20},
+                           std::vector<std::int64_t>{10, 10, 20}, std::vector<std::int64_t>{10, 21}}) {
+    data.block_ends = ends;
+    EXPECT_THROW((void)model.full_gradient(data), lethe::trainer::NoisyGdError) << ends.size() << " ends";
+  }
+  data.block_ends = {5, 20};
+  EXPECT_NO_THROW((void)model.full_gradient(data));
 }
 
 TEST(NoisyGdExactSums, FeaturesOutsideTheUnitBallAreRefused) {

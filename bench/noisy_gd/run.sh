@@ -55,4 +55,9 @@ print(f"# one noisy step, {lethe['step']['records']} x {lethe['features']} float
       f"{lethe['step']['threads']} thread(s); median ms")
 print(f"{'lethe_step_ms':>14} {'read_pass_ms':>13} {'numpy_step_ms':>14} {'step/read':>10} {'step/numpy':>11}")
 print(f"{step:14.2f} {read:13.2f} {peer:14.2f} {step / read:9.2f}x {step / peer:10.2f}x")
+# The step's arithmetic: 2 n d c multiply-adds (X W and X^T R), against the BLAS's DGEMM rate.
+n, d, c = lethe["step"]["records"], lethe["features"], lethe["classes"]
+gflops = 4 * n * d * c / step / 1e6
+print(f"# the step computes {4 * n * d * c / 1e6:.0f} MFLOP: {gflops:.1f} GFLOP/s, "
+      f"{gflops / numpy['dgemm_gflops']:.0%} of a 1024^3 DGEMM's {numpy['dgemm_gflops']:.1f} GFLOP/s on the same threads")
 PY

@@ -73,6 +73,15 @@ def main():
 
     for _ in range(2):
         w = step(w)
+    # The machine's float64 compute ceiling at this thread count: one square DGEMM (2 k^3 flops).
+    k = 1024
+    a, b = rng.standard_normal((k, k)), rng.standard_normal((k, k))
+    gemm_s = []
+    for _ in range(7):
+        start = time.perf_counter()
+        a @ b
+        gemm_s.append(time.perf_counter() - start)
+    gemm_gflops = 2 * k ** 3 / float(np.median(gemm_s)) / 1e9
     ms = []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -88,6 +97,7 @@ def main():
         "step_ms": float(np.median(ms)),
         "all_ms": [round(v, 3) for v in ms],
         "feature_bytes": int(x.nbytes),
+        "dgemm_gflops": gemm_gflops,
     }))
 
 

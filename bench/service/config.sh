@@ -1,5 +1,5 @@
-# bench/service/config.sh, sourced by run.sh and retrain.sh: what both need from the demo and the
-# build, and the job config both train.
+# bench/service/config.sh, sourced by run.sh, retrain.sh and demo_job.sh: what they need from the
+# demo and the build, the job config they train, and how they start the service.
 # shellcheck shell=bash
 # Needs $root (the repository). BUILD_DIR and LETHE_DEMO_DIR as for scripts/.
 build=${BUILD_DIR:-build}
@@ -34,4 +34,17 @@ YAML
 s3t_config() {
   common "$1"
   echo "s3t: {shards: 4, slices: 4, sequences: 4}"
+}
+
+# serve JOB [LAUNCHER...]: starts `lethe serve --job JOB` in the background (under LAUNCHER, e.g.
+# mpiexec, when given) with the token file ./token; sets server (its pid) and port once it listens.
+# Its first stdout line (the port) goes to JOB.port, its log to JOB.log.
+serve() {
+  local job=$1
+  shift
+  rm -f "$job.port"
+  "$@" "$lethe" serve --job "$job" --listen 127.0.0.1:0 --token-file token > "$job.port" 2> "$job.log" &
+  server=$!
+  for _ in $(seq 1200); do [[ -s "$job.port" ]] && break; sleep 0.1; done
+  port=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["port"])' "$job.port")
 }

@@ -17,7 +17,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-source "$root/bench/service/config.sh"  # lethe, load, data; bench_requirements, s3t_config
+source "$root/bench/service/config.sh"  # lethe, load, data; bench_requirements, s3t_config, serve
 out=$(realpath -m "${LETHE_BENCH_DIR:-bench-out/demo-job}")
 bench_requirements
 
@@ -42,12 +42,8 @@ rm -rf job && cp -r trained job && cp "$data/fashion-train.h5" train.h5
 sed -n 1,80p ids.txt > ids-single.txt
 sed -n 81,480p ids.txt > ids-20.txt
 
-rm -f serve.port
-"${mpi[@]}" "$lethe" serve --job job --listen 127.0.0.1:0 --token-file token > serve.port 2> serve.log &
-server=$!
+serve job "${mpi[@]}"  # sets server and port; the log goes to job.log
 trap 'kill -TERM $server 2>/dev/null || true' EXIT
-for _ in $(seq 1200); do [[ -s serve.port ]] && break; sleep 0.1; done
-port=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["port"])' serve.port)
 url=http://127.0.0.1:$port
 
 echo "== 1. the test set scored by both models (before any deletion: every shard live) =="
@@ -65,7 +61,7 @@ metrics > metrics.txt
 last=$(sed -n 481p ids.txt)
 "$lethe" --log-level warn delete --server "$url" --token-file token --record "$last" --wait > last-receipt.json
 kill -TERM "$server"
-# mpiexec reports a rank stopped by a signal as a failure even when it drained cleanly (serve.log).
+# mpiexec reports a rank stopped by a signal as a failure even when it drained cleanly (job.log).
 wait "$server" || true
 trap - EXIT
 

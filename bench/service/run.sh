@@ -9,7 +9,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-source "$root/bench/service/config.sh"  # lethe, load, data; bench_requirements, common, s3t_config
+source "$root/bench/service/config.sh"  # lethe, load, data; bench_requirements, common, s3t_config, serve
 out=$(realpath -m "${LETHE_BENCH_DIR:-bench-out/service}")
 duration=${LETHE_BENCH_DURATION:-10}
 rates=("$@")
@@ -39,13 +39,6 @@ if [[ ! -f train-noisy.json ]]; then
 fi
 "$lethe" inspect train-s3t.h5 --ids private | shuf --random-source=<(yes) > ids.txt
 
-serve() {  # serve JOB -> sets port; the service's log goes to JOB.log
-  rm -f "$1.port"
-  "$lethe" serve --job "$1" --listen 127.0.0.1:0 --token-file token > "$1.port" 2> "$1.log" &
-  server=$!
-  for _ in $(seq 600); do [[ -s "$1.port" ]] && break; sleep 0.1; done
-  port=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["port"])' "$1.port")
-}
 stop() { kill -TERM "$server"; wait "$server"; }
 
 echo "== 1. slice deactivation under load: ${rates[*]} requests/s for ${duration} s each =="

@@ -157,7 +157,7 @@ void install_ingest(CLI::App& app) {
                   "Fraction of records flagged public (chosen by keyed hash of the id), for backbone pretraining")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  cmd->add_option("--chunk-records", args->chunk_records, "Records per HDF5 feature chunk (default: about 1 MiB)");
+  cmd->add_option("--chunk-records", args->chunk_records, "Records per HDF5 feature chunk (default: about 256 KiB)");
   cmd->footer(
       "Examples:\n"
       "  lethe ingest --format idx --images /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \\\n"

@@ -38,7 +38,7 @@ struct DatasetLayout {
   std::vector<uint64_t> feature_shape;  // one record's shape, e.g. {28, 28}
   double public_fraction = 0.0;         // as given at ingest, for inspection only
   std::string source;                   // where the records came from, for inspection only
-  uint64_t chunk_records = 0;           // records per feature chunk; 0 chooses about 1 MiB
+  uint64_t chunk_records = 0;           // records per feature chunk; 0 chooses about 256 KiB
   // Names this dataset across copies and compaction; a new ingest gets a new one. Empty when the
   // writer should make one (random), and in files written before it existed.
   std::string uuid;

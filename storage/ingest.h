@@ -23,7 +23,7 @@ struct IngestOptions {
   double public_fraction = 0.0;      // in [0, 1]: this fraction of ids (by keyed hash) is public
   std::optional<std::filesystem::path> subject_mapping;  // CSV with columns id,subject
   std::string id_prefix;             // for generated ids "<prefix>-<index>"; "" derives it from the input name
-  uint64_t chunk_records = 0;        // records per feature chunk; 0 chooses about 1 MiB
+  uint64_t chunk_records = 0;        // records per feature chunk; 0 chooses about 256 KiB
 };
 
 struct IngestReport {

@@ -47,8 +47,9 @@ double median(std::vector<double> values) {
 
 void usage() {
   std::cout << "lethe_bench_ingest [--images FILE] [--labels FILE] [--repetitions N] [--out-dir DIR] [--json FILE]\n"
+               "                   [--chunk-records N]\n"
                "Defaults: the Fashion-MNIST training files in " LETHE_FASHION_MNIST_DIR ", 5 repetitions,\n"
-               "a fresh directory under the system temp directory.\n";
+               "a fresh directory under the system temp directory, the ingest's default feature chunk.\n";
 }
 
 }  // namespace
@@ -59,6 +60,7 @@ int main(int argc, char** argv) {
   int repetitions = 5;
   fs::path out_dir = fs::temp_directory_path() / ("lethe_bench_ingest_" + std::to_string(::getpid()));
   std::string json_path;
+  uint64_t chunk_records = 0;  // 0: the ingest's default
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     const auto value = [&]() -> std::string {
@@ -73,6 +75,7 @@ int main(int argc, char** argv) {
     else if (arg == "--repetitions") repetitions = std::max(1, std::stoi(value()));
     else if (arg == "--out-dir") out_dir = value();
     else if (arg == "--json") json_path = value();
+    else if (arg == "--chunk-records") chunk_records = std::stoull(value());
     else if (arg == "--help" || arg == "-h") return usage(), 0;
     else {
       std::cerr << "lethe_bench_ingest: unknown argument '" << arg << "'\n";
@@ -100,6 +103,7 @@ int main(int argc, char** argv) {
       options.out = out;
       options.seed = 1;
       options.public_fraction = 0.1;
+      options.chunk_records = chunk_records;
       start = std::chrono::steady_clock::now();
       records = ingest_idx(source, options).records;
       ingest_s.push_back(seconds_since(start));
@@ -108,9 +112,10 @@ int main(int argc, char** argv) {
     }
 
     // Correctness, outside the timed region: every record's features and label as decompressed.
-    uint64_t wrong = 0;
+    uint64_t wrong = 0, stored_chunk_records = 0;
     {
       const Dataset dataset = Dataset::open(out);
+      stored_chunk_records = dataset.layout().chunk_records;
       const uint64_t record_bytes = dataset.layout().bytes_per_record();
       RecordStream stream = dataset.stream({}, 4096);
       RecordBatch batch;
@@ -125,8 +130,8 @@ int main(int argc, char** argv) {
       if (dataset.size() != records) wrong += records;
     }
     const double ratio = median(ingest_s) / median(decompress_s);
-    std::printf("# records %llu, decompressed %.1f MB, file %.1f MB, #wrong %llu\n",
-                static_cast<unsigned long long>(records), (image_bytes + label_bytes) / 1e6, fs::file_size(out) / 1e6,
+    std::printf("# records %llu, %llu per feature chunk, decompressed %.1f MB, file %.1f MB, #wrong %llu\n",
+                static_cast<unsigned long long>(records), static_cast<unsigned long long>(stored_chunk_records), (image_bytes + label_bytes) / 1e6, fs::file_size(out) / 1e6,
                 static_cast<unsigned long long>(wrong));
     std::printf("# median decompress %.4f s, median ingest %.4f s, ingest/decompress %.2fx (aim: <= 2x)\n",
                 median(decompress_s), median(ingest_s), ratio);
@@ -135,6 +140,7 @@ int main(int argc, char** argv) {
                                      {"images", source.images.string()},
                                      {"labels", source.labels.string()},
                                      {"records", records},
+                                     {"chunk_records", stored_chunk_records},
                                      {"repetitions", repetitions},
                                      {"decompress_seconds", decompress_s},
                                      {"ingest_seconds", ingest_s},

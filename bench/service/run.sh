@@ -40,6 +40,7 @@ fi
 "$lethe" inspect train-s3t.h5 --ids private | shuf --random-source=<(yes) > ids.txt
 
 stop() { kill -TERM "$server"; wait "$server"; }
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }  # user + system
 
 echo "== 1. slice deactivation under load: ${rates[*]} requests/s for ${duration} s each =="
 offset=0
@@ -49,9 +50,15 @@ for rate in "${rates[@]}"; do
   sed -n "$((offset + 1)),$((offset + need))p" ids.txt > ids-$rate.txt
   offset=$((offset + need))
   serve job-$rate
+  cpu0=$(cpu_seconds "$server")
   "$load" --url "http://127.0.0.1:$port" --token-file token --ids ids-$rate.txt --rate "$rate" \
     --duration "$duration" --concurrency 32 --poll-interval-ms 2 --json load-$rate.json | tail -n 12
+  echo "service CPU: $(python3 -c "print(round($(cpu_seconds "$server") - $cpu0, 2))") s in the ${duration} s run"
+  # Where the batch thread's time went (sums over the run) and the latency by second from the ledger.
+  curl -sf -H "Authorization: Bearer $(cat token)" "http://127.0.0.1:$port/metrics" > metrics-$rate.txt
+  grep -E '^lethe_deletion_batches_total|^lethe_deletion_phase_seconds_sum' metrics-$rate.txt
   stop
+  python3 "$root/bench/service/ledger_latency.py" job-$rate --json ledger-$rate.json
 done
 
 echo "== 2. one deletion by each route, next to a full retrain =="

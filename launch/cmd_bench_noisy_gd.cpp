@@ -190,7 +190,7 @@ void run(const BenchNoisyGdArgs& args) {
   const NoisyGdModel committed = trainer::load_noisy_gd_model(manifest, *comm);
   const trainer::NoisyGdConfig config = committed.config();
   trainer::set_compute_threads(manifest.config.threads);
-  trainer::FrozenBackbone backbone(manifest.model, manifest.backbone_path(), manifest.config.device);
+  trainer::FrozenBackbone backbone(manifest.model, manifest.backbone_path(), manifest.trunk_path(), manifest.config.device);
   const auto dataset = storage::Dataset::open(manifest.dataset.path);
 
   // Rank 0 holds every record for the one-rank runs; its share of the world is its blocks of them.

@@ -43,9 +43,9 @@ void run(const PretrainArgs& args) {
                       " does not exist; ingest it first (`lethe ingest ...`) or fix the path");
   }
   const auto dataset = storage::Dataset::open(config.dataset);
-  auto model_config = config.model;
-  trainer::set_input_shape(model_config, dataset.layout());
+  const auto model_config = trainer::job_model_config(config, dataset);
   trainer::LetheModel model(model_config, trainer::mix_seed(config.seed, 20));
+  if (model_config.trunk) model.attach_trunk(trainer::load_job_trunk(config, model_config));
   nlohmann::json report = {{"backbone", out.string()}, {"model", trainer::to_json(model_config)}};
   storage::RecordFilter filter;
   filter.public_records = storage::PublicRecords::only;

@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "storage/hashing.h"
 #include "storage/ledger.h"
 #include "trainer/accountant.h"
 
@@ -310,6 +311,15 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
   model.read_integer<std::int64_t>("lora_rank", c.model.lora_rank, "an integer", 1, kMaxLoraRank);
   model.read_number("lora_alpha", c.model.lora_alpha, kMaxParameter);
   model.read_integer<std::int64_t>("num_classes", c.model.num_classes, "an integer", 2, kMaxClasses);
+  if (model.read("trunk", text, "a path")) {
+    c.trunk = resolve(origin, text);
+    if (!std::filesystem::is_regular_file(c.trunk))
+      model.fail(model.key("trunk"), c.trunk.string() + " does not exist or is not a file; save the PyTorch trunk "
+                                     "with torch.jit.save (docs/BACKBONE.md) or fix the path");
+    // The trunk's identity enters the model config (and so the config digest) here; its shapes
+    // once it is probed on the dataset (trainer::job_model_config).
+    c.model.trunk = trainer::TrunkSpec{storage::sha256_file(c.trunk), {}, {}};
+  }
   model.reject_unknown_keys();
 
   auto training = top.child("training");

@@ -16,8 +16,10 @@ class LetheModel;  // trainer/model.h
 
 class FrozenBackbone {
  public:
-  // Loads `file` (checked against `config`, trainer/pretrain.h) onto `device` ("cpu" or "cuda").
-  FrozenBackbone(const ModelConfig& config, const std::filesystem::path& file, const std::string& device);
+  // Loads `file` (checked against `config`, trainer/pretrain.h) onto `device` ("cpu" or "cuda"),
+  // and the trunk `trunk_file` under it when `config` has one (its SHA-256 checked).
+  FrozenBackbone(const ModelConfig& config, const std::filesystem::path& file, const std::filesystem::path& trunk_file,
+                 const std::string& device);
   ~FrozenBackbone();
   FrozenBackbone(const FrozenBackbone&) = delete;
   FrozenBackbone& operator=(const FrozenBackbone&) = delete;

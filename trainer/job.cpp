@@ -22,6 +22,7 @@
 #include "trainer/model_route.h"
 #include "trainer/pretrain.h"
 #include "trainer/routes.h"
+#include "trainer/trunk.h"
 
 namespace lethe::trainer {
 
@@ -75,8 +76,25 @@ storage::Dataset open_job_dataset(const JobSettings& settings) {
 ModelConfig job_model_config(const JobSettings& settings, const storage::Dataset& dataset) {
   ModelConfig model = settings.model;
   set_input_shape(model, dataset.layout());
-  validate(model);
+  if (model.trunk) {
+    // Probed on the CPU: the shapes do not depend on the device.
+    const auto trunk = Trunk::load(settings.trunk, "cpu", model.trunk->sha256);
+    const auto& feature_shape = dataset.layout().feature_shape;
+    model.trunk->input_shape.assign(feature_shape.begin(), feature_shape.end());
+    model.trunk->output_shape = probe_trunk_output(*trunk, model.trunk->input_shape);
+  }
+  try {
+    if (model.trunk) validate_trunk(model, "model.trunk " + settings.trunk.string());
+    validate(model);
+  } catch (const std::invalid_argument& e) {
+    throw TrainerError(ErrorKind::kInvalidInput, settings.source.string() + ": " + e.what());
+  }
   return model;
+}
+
+std::shared_ptr<const Trunk> load_job_trunk(const JobSettings& settings, const ModelConfig& model) {
+  if (!model.trunk) return nullptr;
+  return Trunk::load(settings.trunk, settings.device, model.trunk->sha256);
 }
 
 JobInputsReport check_job_inputs(const JobSettings& settings) {
@@ -127,12 +145,20 @@ void prepare_job_dir(const JobSettings& settings, const storage::Dataset& datase
     if (!settings.source.empty() && fs::is_regular_file(settings.source)) copy_durably(settings.source, job_config_yaml_path(dir));
     storage::write_file_durably(job_config_json_path(dir), to_json(settings, dir).dump(2) + "\n");
     copy_durably(settings.backbone, manifest.backbone_path());
+    if (!settings.trunk.empty()) {
+      manifest.trunk_file = "trunk.pt";
+      copy_durably(settings.trunk, manifest.trunk_path());
+    }
     manifest.status = JobStatus::kTraining;
     manifest.config = settings;
     manifest.config_digest = digest;
     manifest.dataset = {fs::absolute(dataset.path()).lexically_normal(), dataset.uuid(), dataset.content_digest()};
     manifest.backbone_digest = storage::sha256_file(manifest.backbone_path());
     manifest.model = job_model_config(settings, dataset);
+    if (manifest.model.trunk && storage::sha256_file(manifest.trunk_path()) != manifest.model.trunk->sha256) {
+      throw TrainerError(ErrorKind::kMismatch, "model.trunk: " + settings.trunk.string() +
+                                                   " changed while it was copied into the job; run again");
+    }
     commit_job_manifest(manifest);
   });
 }
@@ -161,20 +187,36 @@ json train_job(const JobSettings& settings, comm::Communicator& comm, bool resum
   return out;
 }
 
-void verify_backbone(const JobManifest& manifest) {
-  const auto file = manifest.backbone_path();
+namespace {
+
+// A file the job keeps its own copy of (`noun`: backbone, trunk) must be there with the SHA-256
+// the manifest records; `remedy` says what a different one needs.
+void verify_job_copy(const JobManifest& manifest, const fs::path& file, const std::string& expected_sha256,
+                     const std::string& noun, const std::string& remedy) {
   if (!fs::exists(file)) {
-    throw TrainerError(ErrorKind::kMismatch, file.string() + " is missing; the job's frozen backbone must stay in its "
-                                                             "directory: restore the job directory from a backup");
+    throw TrainerError(ErrorKind::kMismatch, file.string() + " is missing; the job's frozen " + noun +
+                                                 " must stay in its directory: restore the job directory from a backup");
   }
   const auto actual = storage::sha256_file(file);
-  if (actual != manifest.backbone_digest) {
+  if (actual != expected_sha256) {
     throw TrainerError(ErrorKind::kMismatch,
-                       file.string() + " is not the backbone job " + manifest.dir.string() + " was trained with (SHA-256 " +
-                           actual.substr(0, 16) + "…, the manifest records " + manifest.backbone_digest.substr(0, 16) +
-                           "…): it was replaced or damaged. Restore it from a backup; a different backbone needs a "
-                           "new job (`lethe train`)");
+                       file.string() + " is not the " + noun + " job " + manifest.dir.string() + " was trained with (SHA-256 " +
+                           actual.substr(0, 16) + "…, the manifest records " + expected_sha256.substr(0, 16) +
+                           "…): it was replaced or damaged. Restore it from a backup; " + remedy);
   }
+}
+
+}  // namespace
+
+void verify_backbone(const JobManifest& manifest) {
+  verify_job_copy(manifest, manifest.backbone_path(), manifest.backbone_digest, "backbone",
+                  "a different backbone needs a new job (`lethe train`)");
+}
+
+void verify_trunk(const JobManifest& manifest) {
+  if (!manifest.model.trunk) return;
+  verify_job_copy(manifest, manifest.trunk_path(), manifest.model.trunk->sha256, "trunk",
+                  "a different trunk needs a new backbone (`lethe pretrain`) and a new job (`lethe train`)");
 }
 
 void verify_config_json(const JobManifest& manifest) {
@@ -230,6 +272,7 @@ JobManifest open_trained_job(const fs::path& job_dir, comm::Communicator& comm) 
                                                        "', not 'trained'; finish it with `lethe train --resume`");
     }
     verify_backbone(manifest);
+    verify_trunk(manifest);
     if (!fs::exists(manifest.dataset.path)) {
       throw TrainerError(ErrorKind::kMismatch, manifest.path().string() + ": the job's dataset " +
                                                    manifest.dataset.path.string() +
@@ -264,7 +307,8 @@ LoadedRoutes load_job_routes(const JobManifest& manifest, comm::Communicator& co
   LoadedRoutes loaded;
   std::optional<storage::Dataset> dataset;
   comm::on_every_rank(comm, "loading the job's backbone and dataset", [&] {
-    loaded.backbone = std::make_shared<FrozenBackbone>(manifest.model, manifest.backbone_path(), manifest.config.device);
+    loaded.backbone = std::make_shared<FrozenBackbone>(manifest.model, manifest.backbone_path(), manifest.trunk_path(),
+                                                       manifest.config.device);
     dataset.emplace(storage::Dataset::open(manifest.dataset.path));
   });
   loaded.routes = load_routes(RouteContext{manifest, comm, loaded.backbone, *dataset, for_deletion});

@@ -23,6 +23,7 @@ class Dataset;  // storage/dataset.h
 namespace lethe::trainer {
 
 class FrozenBackbone;
+class Trunk;  // trainer/trunk.h
 class ModelRoute;
 
 // Job directory layout (docs/JOB.md):
@@ -43,8 +44,14 @@ void check_device(const std::string& device, const std::filesystem::path& config
 // key when the file does not exist.
 [[nodiscard]] storage::Dataset open_job_dataset(const JobSettings& settings);
 
-// The model's shape for `settings` on `dataset` (input shape from the dataset's records), validated.
+// The model's shape for `settings` on `dataset` (input shape from the dataset's records; with a
+// trunk, its input and output shapes, probed), validated: TrainerError kInvalidInput naming the
+// config and both shapes when the trunk's output is not what the blocks take.
 [[nodiscard]] ModelConfig job_model_config(const JobSettings& settings, const storage::Dataset& dataset);
+
+// The trunk of `model` (job_model_config) loaded on the job's device, its SHA-256 checked; nullptr
+// when the model has none.
+[[nodiscard]] std::shared_ptr<const Trunk> load_job_trunk(const JobSettings& settings, const ModelConfig& model);
 
 // What check_job_inputs found.
 struct JobInputsReport {
@@ -77,6 +84,7 @@ void prepare_job_dir(const JobSettings& settings, const storage::Dataset& datase
 // what to do: the backbone's SHA-256, config.json's digest, and the dataset's uuid and content
 // (which may lag the manifest only by the last batch's rows still to erase).
 void verify_backbone(const JobManifest& manifest);
+void verify_trunk(const JobManifest& manifest);  // model.trunk's copy in the job; nothing without a trunk
 void verify_config_json(const JobManifest& manifest);
 void verify_dataset(const JobManifest& manifest, const storage::Dataset& dataset);
 

@@ -45,28 +45,30 @@ BatchRecord decode_batch(const JsonFields& f) {
 json encode_body(const JobManifest& m) {
   json routes = json::object();
   for (const auto& [name, section] : m.routes) routes[name] = section;
-  return {{"format", kJobManifestFormat},
-          {"format_version", kJobManifestFormatVersion},
-          {"generation", m.generation},
-          {"status", to_string(m.status)},
-          {"config", to_json(m.config, m.dir)},
-          {"config_digest", m.config_digest},
-          {"dataset",
-           {{"path", m.dataset.path.empty() ? std::string()
-                                            : fs::absolute(m.dataset.path).lexically_normal().lexically_relative(
-                                                  fs::absolute(m.dir).lexically_normal()).string()},
-            {"uuid", m.dataset.uuid},
-            {"digest", m.dataset.digest}}},
-          {"backbone", {{"file", m.backbone_file}, {"sha256", m.backbone_digest}}},
-          {"checkpoints", m.checkpoints},
-          {"model", to_json(m.model)},
-          {"model_version", m.model_version},
-          {"routes", routes},
-          {"last_batch", m.last_batch ? encode_batch(*m.last_batch) : json()},
-          {"last_retrain", m.last_retrain ? json{{"completed_ms", m.last_retrain->completed_ms},
-                                                 {"model_version", m.last_retrain->model_version},
-                                                 {"details", m.last_retrain->details}}
-                                          : json()}};
+  json body = {{"format", kJobManifestFormat},
+               {"format_version", kJobManifestFormatVersion},
+               {"generation", m.generation},
+               {"status", to_string(m.status)},
+               {"config", to_json(m.config, m.dir)},
+               {"config_digest", m.config_digest},
+               {"dataset",
+                {{"path", m.dataset.path.empty() ? std::string()
+                                                 : fs::absolute(m.dataset.path).lexically_normal().lexically_relative(
+                                                       fs::absolute(m.dir).lexically_normal()).string()},
+                 {"uuid", m.dataset.uuid},
+                 {"digest", m.dataset.digest}}},
+               {"backbone", {{"file", m.backbone_file}, {"sha256", m.backbone_digest}}},
+               {"checkpoints", m.checkpoints},
+               {"model", to_json(m.model)},
+               {"model_version", m.model_version},
+               {"routes", routes},
+               {"last_batch", m.last_batch ? encode_batch(*m.last_batch) : json()},
+               {"last_retrain", m.last_retrain ? json{{"completed_ms", m.last_retrain->completed_ms},
+                                                      {"model_version", m.last_retrain->model_version},
+                                                      {"details", m.last_retrain->details}}
+                                               : json()}};
+  if (!m.trunk_file.empty()) body["trunk"] = {{"file", m.trunk_file}};  // only with a trunk: older manifests read as before
+  return body;
 }
 
 std::string digest_of(const json& body) { return storage::sha256_hex(body.dump()); }
@@ -154,11 +156,15 @@ JobManifest decode_job_manifest(const json& j, const fs::path& job_dir) {
   m.backbone_file = inside_job(backbone, "file");
   m.backbone_digest = backbone.get<std::string>("sha256");
   m.checkpoints = inside_job(f, "checkpoints");
+  if (f.has("trunk")) m.trunk_file = inside_job(f.child("trunk"), "file");
   try {
     m.model = model_config_from_json(f.raw("model"));
   } catch (const std::exception& e) {
     f.fail("model", e.what());
   }
+  if (m.model.trunk.has_value() != !m.trunk_file.empty())
+    f.fail("trunk", m.trunk_file.empty() ? "missing: the model has a trunk (model.trunk), so the job holds a copy of it"
+                                         : "names a trunk file, but the model has no trunk");
   m.model_version = f.get<std::int64_t>("model_version");
   const auto& routes = f.raw("routes");
   if (!routes.is_object()) f.fail("routes", "expected an object of route sections");

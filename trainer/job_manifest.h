@@ -67,6 +67,7 @@ struct JobManifest {
   DatasetIdentity dataset;
   std::string backbone_file = "backbone.h5";  // relative to the job directory
   std::string backbone_digest;                // SHA-256 of that file
+  std::string trunk_file;                     // the model.trunk copy, relative; empty: no trunk (SHA-256 in model.trunk)
   std::string checkpoints = "checkpoints";    // relative to the job directory
   ModelConfig model;                          // with the dataset's input shape
   std::int64_t model_version = 0;             // +1 per batch that deleted a record, and per retrain
@@ -78,6 +79,8 @@ struct JobManifest {
   [[nodiscard]] std::filesystem::path path() const;  // dir / manifest.json
   [[nodiscard]] std::filesystem::path backbone_path() const { return dir / backbone_file; }
   [[nodiscard]] std::filesystem::path checkpoints_path() const { return dir / checkpoints; }
+  // Empty when the job has no trunk.
+  [[nodiscard]] std::filesystem::path trunk_path() const { return trunk_file.empty() ? std::filesystem::path() : dir / trunk_file; }
   // The section of `route`, or nullptr when the job has no such model.
   [[nodiscard]] const nlohmann::json* section(std::string_view route) const;
 };

@@ -46,37 +46,41 @@ void derive_settings(JobSettings& s) {
 
 json to_json(const JobSettings& s, const fs::path& base) {
   const auto& n = s.noisy_gd;
-  return {{"dataset", stored_path(s.dataset, base)},
-          {"test_dataset", stored_path(s.test_dataset, base)},
-          {"backbone", stored_path(s.backbone, base)},
-          {"seed", s.seed},
-          {"device", s.device},
-          {"threads", s.threads},
-          {"model", to_json(s.model)},
-          {"training",
-           {{"epochs", s.training.optimizer.epochs},
-            {"batch_size", s.training.optimizer.batch_size},
-            {"learning_rate", s.training.optimizer.learning_rate},
-            {"cache_batch_size", s.training.cache_batch_size}}},
-          {"pretrain", to_json(s.pretrain.optimizer)},
-          {"s3t",
-           {{"shards", s.s3t.shards},
-            {"slices", s.s3t.slices},
-            {"sequences", s.s3t.sequences},
-            {"selection", std::string(to_string(s.s3t.selection))},
-            {"deletion_probabilities", s.s3t.deletion_probabilities},
-            {"horizon", s.s3t.horizon},
-            {"enabled", s.s3t.enabled}}},
-          {"noisy_gd", n.enabled ? json{{"lambda", n.params.lambda},
-                                        {"eta", n.params.eta},
-                                        {"sigma", n.params.sigma},
-                                        {"clip", n.params.clip},
-                                        {"steps", n.train_steps},
-                                        {"target_epsilon", n.target_epsilon},
-                                        {"delta", n.delta ? json(*n.delta) : json()}}
-                                 : json()},
-          {"retrain", {{"live_shards_below", s.retrain.live_shards_below},
-                       {"served_depth_below", s.retrain.served_depth_below}}}};
+  json out = {{"dataset", stored_path(s.dataset, base)},
+              {"test_dataset", stored_path(s.test_dataset, base)},
+              {"backbone", stored_path(s.backbone, base)},
+              {"seed", s.seed},
+              {"device", s.device},
+              {"threads", s.threads},
+              {"model", to_json(s.model)},
+              {"training",
+               {{"epochs", s.training.optimizer.epochs},
+                {"batch_size", s.training.optimizer.batch_size},
+                {"learning_rate", s.training.optimizer.learning_rate},
+                {"cache_batch_size", s.training.cache_batch_size}}},
+              {"pretrain", to_json(s.pretrain.optimizer)},
+              {"s3t",
+               {{"shards", s.s3t.shards},
+                {"slices", s.s3t.slices},
+                {"sequences", s.s3t.sequences},
+                {"selection", std::string(to_string(s.s3t.selection))},
+                {"deletion_probabilities", s.s3t.deletion_probabilities},
+                {"horizon", s.s3t.horizon},
+                {"enabled", s.s3t.enabled}}},
+              {"noisy_gd", n.enabled ? json{{"lambda", n.params.lambda},
+                                            {"eta", n.params.eta},
+                                            {"sigma", n.params.sigma},
+                                            {"clip", n.params.clip},
+                                            {"steps", n.train_steps},
+                                            {"target_epsilon", n.target_epsilon},
+                                            {"delta", n.delta ? json(*n.delta) : json()}}
+                                     : json()},
+              {"retrain", {{"live_shards_below", s.retrain.live_shards_below},
+                           {"served_depth_below", s.retrain.served_depth_below}}}};
+  // Only with a trunk: jobs without one keep their config.json (and digest). Its identity is the
+  // SHA-256 in "model"; the path, like the backbone's, is where it lives.
+  if (!s.trunk.empty()) out["trunk"] = stored_path(s.trunk, base);
+  return out;
 }
 
 JobSettings job_settings_from_json(const json& j, const fs::path& base, const std::string& origin) {
@@ -86,6 +90,7 @@ JobSettings job_settings_from_json(const json& j, const fs::path& base, const st
   s.dataset = loaded_path(r.get<std::string>("dataset"), base);
   s.test_dataset = loaded_path(r.get<std::string>("test_dataset"), base);
   s.backbone = loaded_path(r.get<std::string>("backbone"), base);
+  if (r.has("trunk")) s.trunk = loaded_path(r.get<std::string>("trunk"), base);
   s.job_dir = base;
   s.seed = r.get<std::uint64_t>("seed");
   s.device = r.get<std::string>("device");
@@ -134,6 +139,7 @@ std::string config_digest(const JobSettings& settings) {
   json.erase("dataset");
   json.erase("test_dataset");
   json.erase("backbone");
+  json.erase("trunk");  // its SHA-256 is in "model"
   json.erase("retrain");  // when a retrain starts changes nothing it trains
   const auto text = json.dump();
   const auto hash = storage::siphash24(0x6c657468655f6366ULL, 0x6f6e6669675f3031ULL,

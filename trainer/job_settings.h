@@ -76,6 +76,7 @@ struct JobSettings {
   std::filesystem::path dataset;       // training dataset (HDF5, `lethe ingest`)
   std::filesystem::path test_dataset;  // optional: default data for `lethe eval`
   std::filesystem::path backbone;      // backbone weights (HDF5): written by `lethe pretrain`, read by train
+  std::filesystem::path trunk;         // model.trunk: a frozen TorchScript trunk under the blocks; empty: none
   std::filesystem::path job_dir;       // checkpoints, manifest, config copy
   std::uint64_t seed = 0;
   std::string device = "cpu";  // "cpu" or "cuda"

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "trainer/trunk.h"
+
 namespace lethe::trainer {
 
 namespace {
@@ -33,7 +35,8 @@ int first_dense_block(const ModelConfig& config) {
 
 std::int64_t feature_dim(const ModelConfig& config) {
   if (config.architecture != Architecture::kCnn) return config.widths.back();
-  std::int64_t h = config.input_height, w = config.input_width;
+  const auto [c, h0, w0] = block_input_shape(config);
+  std::int64_t h = h0, w = w0;
   for (std::size_t i = 0; i < config.widths.size(); ++i) {
     h = conv_out(h);
     w = conv_out(w);
@@ -45,7 +48,7 @@ LetheModel::LetheModel(ModelConfig config, std::uint64_t init_seed) : config_(st
   validate(config_);
   first_dense_ = first_dense_block(config_);
   const bool convnet = config_.architecture == Architecture::kConvnet;
-  std::int64_t channels = config_.input_channels, h = config_.input_height, w = config_.input_width;
+  auto [channels, h, w] = block_input_shape(config_);
   std::vector<std::int64_t> widths = config_.conv_widths;
   widths.insert(widths.end(), config_.widths.begin(), config_.widths.end());
   std::int64_t in = first_dense_ == 0 ? channels * h * w : channels;
@@ -104,11 +107,34 @@ torch::Tensor LetheModel::run_blocks(torch::Tensor x, int first, int end) {
   return x;
 }
 
-torch::Tensor LetheModel::features(const torch::Tensor& x) { return run_blocks(x, 0, num_blocks()).flatten(1); }
-
-torch::Tensor LetheModel::forward(const torch::Tensor& x) {
-  return torch::linear(features(x), head_weight_, head_bias_);
+void LetheModel::attach_trunk(std::shared_ptr<const Trunk> trunk) {
+  if (!config_.trunk) throw std::invalid_argument("attaching a trunk to a model configured without one (model.trunk)");
+  if (!trunk || trunk->sha256() != config_.trunk->sha256) {
+    throw std::invalid_argument("the trunk " + (trunk ? trunk->file().string() : std::string("(none)")) +
+                                " is not the one this model was configured with (SHA-256 " +
+                                config_.trunk->sha256.substr(0, 16) + "…)");
+  }
+  trunk_ = std::move(trunk);
 }
+
+torch::Tensor LetheModel::trunk_outputs(const torch::Tensor& x) {
+  if (!config_.trunk) return x;
+  if (!trunk_) throw std::logic_error("the model's trunk (model.trunk) was never attached (LetheModel::attach_trunk)");
+  std::vector<std::int64_t> shape{x.size(0)};
+  shape.insert(shape.end(), config_.trunk->input_shape.begin(), config_.trunk->input_shape.end());
+  const auto [c, h, w] = block_input_shape(config_);
+  return trunk_->forward(x.reshape(shape)).reshape({x.size(0), c, h, w});
+}
+
+torch::Tensor LetheModel::forward_after_trunk(const torch::Tensor& t) {
+  return torch::linear(run_blocks(t, 0, num_blocks()).flatten(1), head_weight_, head_bias_);
+}
+
+torch::Tensor LetheModel::features(const torch::Tensor& x) {
+  return run_blocks(trunk_outputs(x), 0, num_blocks()).flatten(1);
+}
+
+torch::Tensor LetheModel::forward(const torch::Tensor& x) { return forward_after_trunk(trunk_outputs(x)); }
 
 torch::Tensor LetheModel::forward_from_site(int site, const torch::Tensor& site_input) {
   auto top = run_blocks(site_input, block_of_site(site), num_blocks()).flatten(1);
@@ -117,7 +143,7 @@ torch::Tensor LetheModel::forward_from_site(int site, const torch::Tensor& site_
 
 std::vector<torch::Tensor> LetheModel::site_inputs(const torch::Tensor& x) {
   std::vector<torch::Tensor> inputs(static_cast<std::size_t>(config_.sites));
-  auto h = x;
+  auto h = trunk_outputs(x);
   int done = 0;
   for (int s = config_.sites; s >= 1; --s) {  // bottom-most site first
     const int b = block_of_site(s);
@@ -179,6 +205,7 @@ void LetheModel::copy_backbone_and_head_from(LetheModel& other) {
   auto mine = backbone_and_head_tensors();
   auto theirs = other.backbone_and_head_tensors();
   for (std::size_t i = 0; i < mine.size(); ++i) mine[i].second.copy_(theirs[i].second);
+  trunk_ = other.trunk_;  // frozen and shared: the copy runs the same trunk
 }
 
 }  // namespace lethe::trainer

@@ -16,6 +16,8 @@
 
 namespace lethe::trainer {
 
+class Trunk;  // trainer/trunk.h
+
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
 class LetheModel : public torch::nn::Module {
@@ -28,6 +30,15 @@ class LetheModel : public torch::nn::Module {
   [[nodiscard]] int num_sites() const { return config_.sites; }
   // Block index (0 = bottom) of adapter site `site` (1 = top).
   [[nodiscard]] int block_of_site(int site) const;
+
+  // A model configured with a trunk (config().trunk) runs it under its blocks; attach the trunk
+  // before the first forward. std::invalid_argument when its SHA-256 is not the configured one.
+  void attach_trunk(std::shared_ptr<const Trunk> trunk);
+  // The frozen trunk's output for records `x` [N, C, H, W], shaped as the bottom block takes it
+  // (block_input_shape); `x` itself without a trunk. No gradients flow into the trunk.
+  [[nodiscard]] torch::Tensor trunk_outputs(const torch::Tensor& x);
+  // Logits from trunk outputs (what trunk_outputs returns): pretraining computes those once.
+  [[nodiscard]] torch::Tensor forward_after_trunk(const torch::Tensor& t);
 
   // Logits for inputs shaped [N, C, H, W] (or [N, C*H*W] for the MLP).
   [[nodiscard]] torch::Tensor forward(const torch::Tensor& x);
@@ -63,7 +74,7 @@ class LetheModel : public torch::nn::Module {
 
   // Frozen weights: "blocks.<b>.weight", "blocks.<b>.bias", "head.weight", "head.bias".
   [[nodiscard]] NamedTensors backbone_and_head_tensors();
-  // Copies backbone and head from `other` (same config); adapters are left as they are.
+  // Copies backbone and head from `other` (same config), and shares its trunk; adapters are left as they are.
   void copy_backbone_and_head_from(LetheModel& other);
 
  private:
@@ -72,6 +83,7 @@ class LetheModel : public torch::nn::Module {
   std::vector<std::shared_ptr<LoraLayer>> blocks_;
   torch::Tensor head_weight_, head_bias_;
   torch::Tensor feature_mean_;
+  std::shared_ptr<const Trunk> trunk_;  // frozen; shared by every model of a job on this rank
   int active_depth_ = 0;
 };
 

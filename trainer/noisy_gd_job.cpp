@@ -217,7 +217,7 @@ NoisyGdRunReport run_noisy_gd_job(const JobSettings& settings, comm::Communicato
   const NoisyGdConfig config = noisy_gd_config(settings, model_config);
   // Check the settings and the backbone before anything is written.
   (void)NoisyGdModel(config, comm);
-  FrozenBackbone backbone(model_config, settings.backbone, settings.device);
+  FrozenBackbone backbone(model_config, settings.backbone, settings.trunk, settings.device);
 
   // Rank 0 decides whether a committed model is kept (resume).
   std::int32_t committed_version = 0;

@@ -1,12 +1,14 @@
 #include "trainer/pretrain.h"
 
 #include <chrono>
+#include <optional>
 #include <random>
 #include <stdexcept>
 
 #include "storage/progress.h"
 #include "storage/durable_file.h"
 #include "storage/hdf5.h"
+#include "trainer/error.h"
 #include "trainer/model_inputs.h"
 #include "trainer/s3t_trainer.h"
 
@@ -63,7 +65,15 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
   auto params = model.select_trainable_backbone();
   torch::optim::Adam optimizer(params, torch::optim::AdamOptions(options.learning_rate));
   const auto device = model.head_weight().device();
-  const auto inputs = data.inputs.to(device);
+  // The frozen trunk (if any) runs once per record, not once per epoch.
+  torch::Tensor inputs = data.inputs.to(device);
+  if (model.config().trunk) {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> parts;
+    for (std::int64_t s = 0; s < data.inputs.size(0); s += options.batch_size)
+      parts.push_back(model.trunk_outputs(data.inputs.slice(0, s, std::min(data.inputs.size(0), s + options.batch_size)).to(device)));
+    if (!parts.empty()) inputs = torch::cat(parts, 0);
+  }
   const auto labels = data.labels.to(device);
   const auto n = inputs.size(0);
   std::vector<std::int64_t> order(static_cast<std::size_t>(n));
@@ -81,7 +91,8 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
     for (std::int64_t s = 0; s < n; s += options.batch_size) {
       const auto index = all.slice(0, s, std::min(n, s + options.batch_size));
       optimizer.zero_grad();
-      auto loss = torch::cross_entropy_loss(model.forward(inputs.index_select(0, index)), labels.index_select(0, index));
+      auto loss = torch::cross_entropy_loss(model.forward_after_trunk(inputs.index_select(0, index)),
+                                            labels.index_select(0, index));
       loss.backward();
       optimizer.step();
       loss_sum += loss.item<double>();
@@ -167,6 +178,30 @@ void save_backbone(LetheModel& model, const std::filesystem::path& path, const n
   cleanup.committed = true;
 }
 
+namespace {
+
+// A backbone written by `lethe pretrain` names the trunk its blocks were trained on (model JSON):
+// blocks trained on another trunk's features, or on the records themselves, would load without a
+// shape error and predict garbage. Files exported from elsewhere name none and are taken as they are.
+void check_backbone_trunk(hid_t file, const ModelConfig& config, const std::filesystem::path& path) {
+  if (!h5::has_attribute(file, "model")) return;
+  std::optional<TrunkSpec> trained;
+  try {
+    trained = model_config_from_json(nlohmann::json::parse(h5::read_string_attribute(file, "model"))).trunk;
+  } catch (const std::exception&) {
+    return;  // not a Lethe model description: the shape checks below decide
+  }
+  const auto sha = [](const std::optional<TrunkSpec>& t) { return t ? t->sha256.substr(0, 16) + "…" : std::string("none"); };
+  if (trained.has_value() != config.trunk.has_value() || (trained && trained->sha256 != config.trunk->sha256)) {
+    throw TrainerError(ErrorKind::kMismatch, "backbone file " + path.string() + " was pretrained on trunk " + sha(trained) +
+                                                 " (SHA-256), but the config's model.trunk is " + sha(config.trunk) +
+                                                 ": its blocks expect the other trunk's features. Pretrain again for "
+                                                 "this trunk (`lethe pretrain --config ... --force`)");
+  }
+}
+
+}  // namespace
+
 void load_backbone(LetheModel& model, const std::filesystem::path& path) {
   h5::silence_error_printing();
   if (!std::filesystem::exists(path)) {
@@ -174,6 +209,7 @@ void load_backbone(LetheModel& model, const std::filesystem::path& path) {
                                 " does not exist; run `lethe pretrain --config ...` first or fix `backbone:`");
   }
   auto file = h5::open_file(path.string(), false);
+  check_backbone_trunk(file.get(), model.config(), path);
   std::vector<std::pair<torch::Tensor*, torch::Tensor>> loaded;
   auto tensors = model.backbone_and_head_tensors();
   for (auto& [name, target] : tensors) {

@@ -163,6 +163,7 @@ S3TRunReport run_s3t_job(const JobSettings& settings, comm::Communicator& comm, 
   // Check the backbone against the config before anything is written.
   auto prototype = std::make_shared<LetheModel>(model_config, 0);
   load_backbone(*prototype, settings.backbone);
+  if (model_config.trunk) prototype->attach_trunk(load_job_trunk(settings, model_config));
 
   std::string checkpoints;
   comm::on_root(comm, "adding the S3T section to the manifest", [&] {

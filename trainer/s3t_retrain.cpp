@@ -140,6 +140,7 @@ json retrain_s3t(const JobManifest& manifest, const RetrainSnapshot& snapshot, c
   settings.job_dir = manifest.dir;
   settings.dataset = manifest.dataset.path;
   settings.backbone = manifest.backbone_path();
+  settings.trunk = manifest.trunk_path();
   S3TSection retrained = section;  // the snapshot's: the manifest may change while this trains
   S3TRunOptions options;
   options.resume = true;

@@ -43,7 +43,7 @@ json manifest_json(const fs::path& job) { return lethe::trainer::encode_job_mani
 // One rank's share of a job's noisy-GD records, read as the route reads it.
 NoisyGdShare share_of(const fs::path& job, lethe::comm::Communicator& comm) {
   const auto manifest = lethe::trainer::read_job_manifest(job);
-  lethe::trainer::FrozenBackbone backbone(manifest.model, manifest.backbone_path(), "cpu");
+  lethe::trainer::FrozenBackbone backbone(manifest.model, manifest.backbone_path(), manifest.trunk_path(), "cpu");
   const auto dataset = lethe::storage::Dataset::open(manifest.dataset.path);
   return lethe::trainer::load_noisy_gd_share(dataset, backbone, {}, comm);
 }

@@ -654,26 +654,26 @@ std::vector<uint64_t> Dataset::erase_rows(std::span<const uint64_t> rows) {
   for (size_t k = 1; k < rank; ++k) extent[k] = d.layout.feature_shape[k - 1];
   h5::Dataspace memory_space(h5::check(H5Screate_simple(static_cast<int>(rank), extent.data(), nullptr),
                                        "erasing records of '" + d.path.string() + "'"));
-  std::vector<hsize_t> subject_lengths_at;
+  h5::Dataspace file_space(h5::check(H5Dget_space(d.features.get()), "erasing records of '" + d.path.string() + "'"));
+  std::vector<hsize_t> with_subject;
   for (const uint64_t row : in_file_order) {
     const std::string what = "overwriting the features of record '" + std::string(id(row)) + "' (row " +
                              std::to_string(row) + ") of '" + d.path.string() + "'";
     start[0] = row;
-    h5::Dataspace file_space(h5::check(H5Dget_space(d.features.get()), what));
     h5::check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr, extent.data(), nullptr), what);
     h5::check(H5Dwrite(d.features.get(), memory_type(d.layout.feature_type), memory_space.get(), file_space.get(),
                        H5P_DEFAULT, zero_features.data()),
               what);
-    if (d.subject_lengths[row] > 0) subject_lengths_at.push_back(row);
+    if (d.subject_lengths[row] > 0) with_subject.push_back(row);
   }
-  if (!subject_lengths_at.empty()) {
+  if (!with_subject.empty()) {
     // The subjects' bytes: a union of the rows' character ranges, zeroed with one write.
-    const std::string what = "overwriting the subjects of " + std::to_string(subject_lengths_at.size()) +
+    const std::string what = "overwriting the subjects of " + std::to_string(with_subject.size()) +
                              " record(s) of '" + d.path.string() + "'";
     h5::Dataset chars(h5::check(H5Dopen2(file, kSubjectChars, H5P_DEFAULT), what));
     h5::Dataspace space(h5::check(H5Dget_space(chars.get()), what));
     hsize_t total = 0;
-    for (const hsize_t row : subject_lengths_at) {
+    for (const hsize_t row : with_subject) {
       const hsize_t first = d.subject_offsets[row], count = d.subject_lengths[row];
       const H5S_seloper_t how = total == 0 ? H5S_SELECT_SET : H5S_SELECT_OR;
       h5::check(H5Sselect_hyperslab(space.get(), how, &first, nullptr, &count, nullptr), what);
@@ -682,7 +682,7 @@ std::vector<uint64_t> Dataset::erase_rows(std::span<const uint64_t> rows) {
     h5::Dataspace chars_memory(h5::check(H5Screate_simple(1, &total, nullptr), what));
     const std::vector<uint8_t> zeros(total, 0);
     h5::check(H5Dwrite(chars.get(), H5T_NATIVE_UINT8, chars_memory.get(), space.get(), H5P_DEFAULT, zeros.data()), what);
-    write_elements<uint32_t>(file, kSubjectLengths, H5T_NATIVE_UINT32, subject_lengths_at, 0, d.path);
+    write_elements<uint32_t>(file, kSubjectLengths, H5T_NATIVE_UINT32, with_subject, 0, d.path);
   }
   const std::vector<hsize_t> tombstone_at(in_file_order.begin(), in_file_order.end());
   write_elements<uint8_t>(file, kTombstoned, H5T_NATIVE_UINT8, tombstone_at, 1, d.path);

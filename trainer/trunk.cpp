@@ -26,7 +26,9 @@ struct Trunk::Impl {
   std::filesystem::path file;
   std::string sha256;
   mutable torch::jit::Module module;
-  mutable std::mutex mutex;  // one forward at a time: a scripted module's state is not shared safely
+  // One forward at a time: the models of a job share one trunk, and libtorch does not document a
+  // scripted module's forward as safe to run concurrently.
+  mutable std::mutex mutex;
 };
 
 Trunk::Trunk(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -11,12 +11,6 @@ namespace lethe::trainer {
 
 namespace {
 
-std::string shape_text(c10::IntArrayRef sizes) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < sizes.size(); ++i) text += (i ? ", " : "") + std::to_string(sizes[i]);
-  return text + "]";
-}
-
 // The first line of a c10::Error (the rest is a C++ backtrace).
 std::string first_line(const std::string& what) { return what.substr(0, what.find('\n')); }
 
@@ -76,7 +70,7 @@ at::Tensor Trunk::forward(const at::Tensor& inputs) const {
     out = impl_->module.forward({inputs});
   } catch (const std::exception& e) {
     throw TrainerError(ErrorKind::kInvalidInput, "model.trunk: " + impl_->file.string() + " failed on a batch of shape " +
-                                                     shape_text(inputs.sizes()) + ": " + first_line(e.what()));
+                                                     c10::str(inputs.sizes()) + ": " + first_line(e.what()));
   }
   if (!out.isTensor()) {
     throw TrainerError(ErrorKind::kInvalidInput, "model.trunk: " + impl_->file.string() + " returned a " +
@@ -92,8 +86,8 @@ std::vector<std::int64_t> probe_trunk_output(const Trunk& trunk, const std::vect
   const auto out = trunk.forward(torch::zeros(batch_shape, torch::kFloat32));
   if ((out.dim() != 2 && out.dim() != 4) || out.size(0) != 2 || out.numel() == 0) {
     throw TrainerError(ErrorKind::kInvalidInput,
-                       "model.trunk: " + trunk.file().string() + " maps a batch " + shape_text(batch_shape) + " to " +
-                           shape_text(out.sizes()) + "; Lethe's blocks take [N, D] or [N, C, H, W] with the batch "
+                       "model.trunk: " + trunk.file().string() + " maps a batch " + c10::str(c10::IntArrayRef(batch_shape)) + " to " +
+                           c10::str(out.sizes()) + "; Lethe's blocks take [N, D] or [N, C, H, W] with the batch "
                            "first (docs/BACKBONE.md)");
   }
   const auto sizes = out.sizes();

@@ -36,7 +36,8 @@ void run(const PretrainArgs& args) {
   storage::check_output_path(out, args.force ? storage::ExistingOutput::kReplace : storage::ExistingOutput::kRefuse,
                              "--force");
   trainer::check_device(config.device, config.source);
-  trainer::set_compute_threads(config.threads);
+  // Pretraining runs alone (one process), so it may use more threads than each rank of a job.
+  trainer::set_compute_threads(config.pretrain.threads > 0 ? config.pretrain.threads : config.threads);
   const torch::Device device(config.device == "cuda" ? torch::kCUDA : torch::kCPU);
   if (!std::filesystem::exists(config.dataset)) {
     throw ConfigError(config.source.string() + ": dataset: " + config.dataset.string() +
@@ -61,7 +62,7 @@ void run(const PretrainArgs& args) {
   if (!rows.empty()) {
     const auto data = trainer::read_records(dataset, rows, model_config);
     if (args.import_file.empty()) {
-      const auto result = trainer::pretrain_backbone(model, data, config.pretrain.optimizer, config.seed);
+      const auto result = trainer::pretrain_backbone(model, data, config.pretrain, config.seed);
       report["records"] = result.records;
       report["final_loss"] = result.final_loss;
       report["seconds"] = result.seconds;

@@ -329,6 +329,10 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
 
   auto pretrain = top.child("pretrain");
   read_optimizer_keys(pretrain, c.pretrain.optimizer);
+  pretrain.read_number("dropout", c.pretrain.dropout, 1.0);
+  if (!(c.pretrain.dropout >= 0 && c.pretrain.dropout < 1))
+    pretrain.fail(pretrain.key("dropout"), "must be at least 0 and below 1 (the probability of dropping a value)");
+  pretrain.read_integer("threads", c.pretrain.threads, "an integer", 1, kMaxThreads);
   pretrain.reject_unknown_keys();
 
   c.noisy_gd.enabled = root["noisy_gd"].IsDefined();

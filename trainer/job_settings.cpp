@@ -17,6 +17,14 @@ json to_json(const OptimizerSettings& o) {
   return {{"epochs", o.epochs}, {"batch_size", o.batch_size}, {"learning_rate", o.learning_rate}};
 }
 
+// dropout and threads only when set: jobs from before they existed keep their config.json and digest.
+json to_json(const PretrainSettings& p) {
+  auto out = to_json(p.optimizer);
+  if (p.dropout > 0) out["dropout"] = p.dropout;
+  if (p.threads > 0) out["threads"] = p.threads;
+  return out;
+}
+
 std::string stored_path(const fs::path& path, const fs::path& base) {
   if (path.empty() || base.empty()) return path.string();
   return fs::absolute(path).lexically_normal().lexically_relative(fs::absolute(base).lexically_normal()).string();
@@ -58,7 +66,7 @@ json to_json(const JobSettings& s, const fs::path& base) {
                 {"batch_size", s.training.optimizer.batch_size},
                 {"learning_rate", s.training.optimizer.learning_rate},
                 {"cache_batch_size", s.training.cache_batch_size}}},
-              {"pretrain", to_json(s.pretrain.optimizer)},
+              {"pretrain", to_json(s.pretrain)},
               {"s3t",
                {{"shards", s.s3t.shards},
                 {"slices", s.s3t.slices},
@@ -103,7 +111,10 @@ JobSettings job_settings_from_json(const json& j, const fs::path& base, const st
   const auto training = r.child("training");
   s.training.optimizer = optimizer_from(training);
   s.training.cache_batch_size = training.get<std::int64_t>("cache_batch_size");
-  s.pretrain.optimizer = optimizer_from(r.child("pretrain"));
+  const auto pretrain = r.child("pretrain");
+  s.pretrain.optimizer = optimizer_from(pretrain);
+  if (pretrain.has("dropout")) s.pretrain.dropout = pretrain.get<double>("dropout");
+  if (pretrain.has("threads")) s.pretrain.threads = pretrain.get<int>("threads");
   const auto s3t = r.child("s3t");
   s.s3t.enabled = s3t.get<bool>("enabled");
   s.s3t.shards = s3t.get<int>("shards");

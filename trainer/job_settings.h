@@ -35,6 +35,8 @@ struct TrainingSettings {
 // `pretrain:` — the frozen backbone and head on the public records.
 struct PretrainSettings {
   OptimizerSettings optimizer{3, 128, 1e-3};
+  double dropout = 0;  // on every dense block's input but the first: a backbone from few records overfits
+  int threads = 0;     // torch threads of `lethe pretrain` (one process); 0: the job's `threads`
   bool operator==(const PretrainSettings&) const = default;
 };
 

@@ -97,10 +97,16 @@ int LetheModel::block_of_site(int site) const {
   return num_blocks() - site;
 }
 
-torch::Tensor LetheModel::run_blocks(torch::Tensor x, int first, int end) {
+torch::Tensor LetheModel::run_blocks(torch::Tensor x, int first, int end, double dropout, at::Generator* generator) {
   const bool pools = config_.architecture == Architecture::kConvnet;
   for (int b = first; b < end; ++b) {
     if (b == first_dense_) x = x.flatten(1);
+    if (generator != nullptr && dropout > 0 && b >= first_dense_ && b > 0) {
+      // Inverted dropout with masks from the caller's (CPU) generator: reproducible for a seed, the
+      // same masks on either device.
+      const auto keep = torch::empty(x.sizes()).bernoulli_(1.0 - dropout, *generator).to(x.device());
+      x = x * keep / (1.0 - dropout);
+    }
     x = torch::relu(blocks_[static_cast<std::size_t>(b)]->forward(x));
     if (pools && b < first_dense_) x = torch::max_pool2d(x, 2);
   }
@@ -128,6 +134,10 @@ torch::Tensor LetheModel::trunk_outputs(const torch::Tensor& x) {
 
 torch::Tensor LetheModel::forward_after_trunk(const torch::Tensor& t) {
   return torch::linear(run_blocks(t, 0, num_blocks()).flatten(1), head_weight_, head_bias_);
+}
+
+torch::Tensor LetheModel::forward_after_trunk(const torch::Tensor& t, double dropout, at::Generator& generator) {
+  return torch::linear(run_blocks(t, 0, num_blocks(), dropout, &generator).flatten(1), head_weight_, head_bias_);
 }
 
 torch::Tensor LetheModel::features(const torch::Tensor& x) {

@@ -39,11 +39,16 @@ class LetheModel : public torch::nn::Module {
   [[nodiscard]] torch::Tensor trunk_outputs(const torch::Tensor& x);
   // Logits from trunk outputs (what trunk_outputs returns): pretraining computes those once.
   [[nodiscard]] torch::Tensor forward_after_trunk(const torch::Tensor& t);
+  // The same with dropout on the input of every dense block but the first block (probability
+  // `dropout`, survivors scaled by 1 / (1 - dropout), masks from `generator`): pretraining's regularizer.
+  [[nodiscard]] torch::Tensor forward_after_trunk(const torch::Tensor& t, double dropout, at::Generator& generator);
 
   // Logits for inputs shaped [N, C, H, W] (or [N, C*H*W] for the MLP).
   [[nodiscard]] torch::Tensor forward(const torch::Tensor& x);
-  // Runs blocks [first, end) on the input of block `first`.
-  [[nodiscard]] torch::Tensor run_blocks(torch::Tensor x, int first, int end);
+  // Runs blocks [first, end) on the input of block `first`; with a generator, dropout (probability
+  // `dropout`) on the input of every dense block among them but the model's first block (raw records).
+  [[nodiscard]] torch::Tensor run_blocks(torch::Tensor x, int first, int end, double dropout = 0,
+                                         at::Generator* generator = nullptr);
   // Logits from the input of site `site`: only the blocks from that site up, then the head.
   [[nodiscard]] torch::Tensor forward_from_site(int site, const torch::Tensor& site_input);
   // Inputs of every site (element site-1), from one pass with the current adapter state.

@@ -58,8 +58,9 @@ RecordTensors read_records(const storage::Dataset& dataset, const std::vector<st
   return out;
 }
 
-PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const OptimizerSettings& options,
+PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const PretrainSettings& settings,
                                  std::uint64_t seed) {
+  const auto& options = settings.optimizer;
   const auto start = std::chrono::steady_clock::now();
   model.set_active_depth(0);
   auto params = model.select_trainable_backbone();
@@ -82,6 +83,7 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
   report.records = n;
   const std::int64_t batches_per_epoch = (n + options.batch_size - 1) / options.batch_size;
   storage::ProgressTask progress("pretrain", batches_per_epoch * options.epochs, "batches");
+  auto dropout_masks = make_cpu_generator(mix_seed(seed, 4));
   for (int epoch = 0; epoch < options.epochs; ++epoch) {
     std::mt19937_64 engine(mix_seed(seed, 3, static_cast<std::uint64_t>(epoch)));
     for (std::size_t k = order.size(); k > 1; --k) std::swap(order[k - 1], order[static_cast<std::size_t>(engine() % k)]);
@@ -91,8 +93,9 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
     for (std::int64_t s = 0; s < n; s += options.batch_size) {
       const auto index = all.slice(0, s, std::min(n, s + options.batch_size));
       optimizer.zero_grad();
-      auto loss = torch::cross_entropy_loss(model.forward_after_trunk(inputs.index_select(0, index)),
-                                            labels.index_select(0, index));
+      auto loss = torch::cross_entropy_loss(
+          model.forward_after_trunk(inputs.index_select(0, index), settings.dropout, dropout_masks),
+          labels.index_select(0, index));
       loss.backward();
       optimizer.step();
       loss_sum += loss.item<double>();

@@ -37,8 +37,9 @@ struct PretrainReport {
   double seconds = 0;
 };
 
-// Trains every backbone block and the head (adapters inactive) with Adam; deterministic for a seed.
-PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const OptimizerSettings& options,
+// Trains every backbone block and the head (adapters inactive) with Adam and the settings' dropout;
+// deterministic for a seed (and a thread count).
+PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const PretrainSettings& settings,
                                  std::uint64_t seed);
 
 // Sets the model's feature mean (LetheModel::feature_mean) to the mean of its features over

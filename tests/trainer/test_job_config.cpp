@@ -179,6 +179,29 @@ TEST(JobConfig, NoisyGdSettingsAreInTheDigest) {
   EXPECT_EQ(lethe::trainer::to_json(lethe::launch::with_job_dir(base, "/j")).at("noisy_gd").at("sigma"), 0.1) << "stored in the manifest";
 }
 
+TEST(JobConfig, PretrainDropoutAndThreadsParseRoundTripAndCountOnlyWhenSet) {
+  const auto none = parse_job_config(kValid, "/cfg/job.yaml");
+  EXPECT_EQ(none.pretrain.dropout, 0.0);
+  EXPECT_EQ(none.pretrain.threads, 0) << "0: the job's threads";
+  const auto stored = lethe::trainer::to_json(none);
+  EXPECT_FALSE(stored.at("pretrain").contains("dropout")) << "jobs from before the keys keep their digest";
+  EXPECT_FALSE(stored.at("pretrain").contains("threads"));
+
+  const auto set = parse_job_config(std::string(kValid) + "pretrain: {dropout: 0.3, threads: 2}\n", "/cfg/job.yaml");
+  EXPECT_DOUBLE_EQ(set.pretrain.dropout, 0.3);
+  EXPECT_EQ(set.pretrain.threads, 2);
+  EXPECT_NE(lethe::trainer::config_digest(set), lethe::trainer::config_digest(none));
+  const auto back = lethe::trainer::job_settings_from_json(lethe::trainer::to_json(set), "/j", "config.json");
+  EXPECT_EQ(back.pretrain, set.pretrain);
+  EXPECT_EQ(lethe::trainer::config_digest(back), lethe::trainer::config_digest(set));
+
+  const auto pretrain = [](const std::string& values) { return error_of(std::string(kValid) + "pretrain: {" + values + "}\n"); };
+  EXPECT_NE(pretrain("dropout: 1").find("pretrain.dropout: must be at least 0 and below 1"), std::string::npos);
+  EXPECT_NE(pretrain("dropout: -0.1").find("pretrain.dropout: must be at least 0 and below 1"), std::string::npos);
+  EXPECT_NE(pretrain("dropout: half").find("pretrain.dropout: expected a number"), std::string::npos);
+  EXPECT_NE(pretrain("threads: 0").find("pretrain.threads: must be at least 1"), std::string::npos);
+}
+
 TEST(JobConfig, MissingFileIsAClearError) {
   try {
     (void)lethe::launch::load_job_config("/nonexistent/job.yaml");

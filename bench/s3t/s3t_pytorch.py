@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The same S3T training as `lethe train`, done the straightforward way in PyTorch.
 
-Same model family (MLP blocks with LoRA on the top L blocks, linear head), the same backbone file
+Same model family (MLP, or convnet: frozen 3x3 conv + ReLU + 2x2 max-pool blocks under the dense
+blocks; LoRA on the top L dense blocks, linear head), the same backbone file
 (docs/BACKBONE.md), the same epochs, batch size, learning rate and Adam optimizer; every step runs
 the full forward pass through the frozen backbone instead of Lethe's activation cache. Records are
 read from the IDX files and assigned to public/shard/slice by a keyed hash (not Lethe's SipHash,
@@ -34,11 +35,12 @@ def bucket(seed, salt, i, n):
 
 
 class Model(torch.nn.Module):
-    def __init__(self, widths, sites, rank, alpha, classes, backbone):
+    def __init__(self, conv_widths, widths, sites, rank, alpha, classes, backbone):
         super().__init__()
         self.weights, self.biases = [], []
+        self.convs = len(conv_widths)  # blocks 0 .. convs-1 are convolutions (convnet), frozen
         with h5py.File(backbone, "r") as f:
-            for b in range(len(widths)):
+            for b in range(self.convs + len(widths)):
                 self.weights.append(torch.tensor(np.array(f[f"blocks/{b}/weight"]), dtype=torch.float32))
                 self.biases.append(torch.tensor(np.array(f[f"blocks/{b}/bias"]), dtype=torch.float32))
             self.head_w0 = torch.tensor(np.array(f["head/weight"]), dtype=torch.float32)
@@ -61,8 +63,11 @@ class Model(torch.nn.Module):
 
     def forward(self, x):
         n = len(self.weights)
-        h = x.flatten(1)
-        for b in range(n):
+        h = x
+        for b in range(self.convs):
+            h = F.max_pool2d(torch.relu(F.conv2d(h, self.weights[b], self.biases[b], padding=1)), 2)
+        h = h.flatten(1)
+        for b in range(self.convs, n):
             y = F.linear(h, self.weights[b], self.biases[b])
             s = n - b
             if s <= self.depth:
@@ -87,13 +92,15 @@ def main():
     torch.manual_seed(cfg.get("seed", 0))
     m, L, B = cfg["s3t"]["shards"], cfg["s3t"]["slices"], cfg["s3t"]["sequences"]
     mc, tc = cfg["model"], cfg["training"]
-    assert mc.get("architecture", "mlp") == "mlp", "this peer implements the MLP family"
+    architecture = mc.get("architecture", "mlp")
+    assert architecture in ("mlp", "convnet"), "this peer implements the MLP and convnet families"
+    conv_widths = mc.get("conv_widths", []) if architecture == "convnet" else []
     x = torch.tensor(read_idx(a.images), dtype=torch.float32).div_(255).unsqueeze(1)
     y = torch.tensor(read_idx(a.labels), dtype=torch.int64)
     keep = [i for i in range(len(y)) if bucket(1, "public", i, 10**6) >= a.public_fraction * 10**6]
     shard_of = {i: bucket(1, "shard", i, m) for i in keep}
     slice_of = {i: bucket(1, "slice", i, L) for i in keep}
-    model = Model(mc["widths"], L, mc["lora_rank"], mc["lora_alpha"], mc.get("num_classes", 10),
+    model = Model(conv_widths, mc["widths"], L, mc["lora_rank"], mc["lora_alpha"], mc.get("num_classes", 10),
                   os.path.join(base, cfg["backbone"]))
     orders = [[(b + k) % L for k in range(L)] for b in range(B)]  # cyclic rotations (B <= L)
     final = {}

@@ -25,8 +25,8 @@ dataset: $1
 test_dataset: $data/fashion-test.h5
 backbone: $data/fashion-backbone.h5
 seed: 1
-model: {architecture: convnet, conv_widths: [32, 64], widths: [256, 128, 128, 128], lora_rank: 8, lora_alpha: 16, num_classes: 10}
-training: {epochs: 3, batch_size: 128, learning_rate: 0.003}
+model: {architecture: convnet, conv_widths: [32, 64], widths: [256, 128, 128, 128], lora_rank: 32, lora_alpha: 64, num_classes: 10}
+training: {epochs: 5, batch_size: 128, learning_rate: 0.003}
 YAML
 }
 

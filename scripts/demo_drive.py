@@ -648,7 +648,7 @@ def main():
     ap.add_argument("--token", required=True, help="bearer token file, mode 0600")
     ap.add_argument("--out", required=True, help="report directory (results.json, REPORT.md, the plots, service logs)")
     ap.add_argument("--singles", type=int, default=16)
-    # Each measurement scores both models on the whole test set (about 15 s on 2 cores): the demo
+    # Each measurement scores both models on the whole test set (12-15 s on 2 cores): the demo
     # takes one after each kind of deletion, not one after each request.
     ap.add_argument("--measure-every", type=int, default=16,
                     help="accuracy every this many requests of a kind (singles, batches, during the retrain)")

@@ -35,7 +35,7 @@ for job in full s3t; do
 done
 # Throughput, Lethe against the peer on the same work: the demo's S3T config with
 # ${LETHE_BENCH_EPOCHS:-1} epoch(s) per step (the peer runs the frozen convolutions for every sample of
-# every step: the demo's 3 epochs would take it about 15 minutes on one core).
+# every step: the demo's 5 epochs would take it about 23 minutes on one core).
 ${PYTHON:-/usr/bin/python3} - "${LETHE_BENCH_EPOCHS:-1}" <<'PY'
 import sys, yaml
 c = yaml.safe_load(open("launch/examples/fashion_s3t.yaml"))

@@ -135,12 +135,8 @@ torch::Tensor LetheModel::trunk_outputs(const torch::Tensor& x) {
   return trunk_->forward(x.reshape(shape)).reshape({x.size(0), c, h, w});
 }
 
-torch::Tensor LetheModel::forward_after_trunk(const torch::Tensor& t) {
-  return torch::linear(run_blocks(t, 0, num_blocks()).flatten(1), head_weight_, head_bias_);
-}
-
-torch::Tensor LetheModel::forward_after_trunk(const torch::Tensor& t, double dropout, at::Generator& generator) {
-  return torch::linear(run_blocks(t, 0, num_blocks(), dropout, &generator).flatten(1), head_weight_, head_bias_);
+torch::Tensor LetheModel::forward_after_trunk(const torch::Tensor& t, double dropout, at::Generator* generator) {
+  return torch::linear(run_blocks(t, 0, num_blocks(), dropout, generator).flatten(1), head_weight_, head_bias_);
 }
 
 torch::Tensor LetheModel::features(const torch::Tensor& x) {

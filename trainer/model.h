@@ -37,11 +37,10 @@ class LetheModel : public torch::nn::Module {
   // The frozen trunk's output for records `x` [N, C, H, W], shaped as the bottom block takes it
   // (block_input_shape); `x` itself without a trunk. No gradients flow into the trunk.
   [[nodiscard]] torch::Tensor trunk_outputs(const torch::Tensor& x);
-  // Logits from trunk outputs (what trunk_outputs returns): pretraining computes those once.
-  [[nodiscard]] torch::Tensor forward_after_trunk(const torch::Tensor& t);
-  // The same with dropout on the input of every dense block but the first block (probability
-  // `dropout`, survivors scaled by 1 / (1 - dropout), masks from `generator`): pretraining's regularizer.
-  [[nodiscard]] torch::Tensor forward_after_trunk(const torch::Tensor& t, double dropout, at::Generator& generator);
+  // Logits from trunk outputs (what trunk_outputs returns): pretraining computes those once. With a
+  // generator, pretraining's dropout as in run_blocks (survivors scaled by 1 / (1 - dropout)).
+  [[nodiscard]] torch::Tensor forward_after_trunk(const torch::Tensor& t, double dropout = 0,
+                                                  at::Generator* generator = nullptr);
 
   // Logits for inputs shaped [N, C, H, W] (or [N, C*H*W] for the MLP).
   [[nodiscard]] torch::Tensor forward(const torch::Tensor& x);

@@ -94,7 +94,7 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
       const auto index = all.slice(0, s, std::min(n, s + options.batch_size));
       optimizer.zero_grad();
       auto loss = torch::cross_entropy_loss(
-          model.forward_after_trunk(inputs.index_select(0, index), settings.dropout, dropout_masks),
+          model.forward_after_trunk(inputs.index_select(0, index), settings.dropout, &dropout_masks),
           labels.index_select(0, index));
       loss.backward();
       optimizer.step();

@@ -123,10 +123,10 @@ TEST(Model, PretrainingDropoutIsReproducibleAndSparesTheRecordsAndTheConvolution
     const auto x = torch::rand({6, 1, 8, 8});
     const auto plain = model.forward_after_trunk(x);
     auto g1 = make_cpu_generator(9), g2 = make_cpu_generator(9), g3 = make_cpu_generator(10), g0 = make_cpu_generator(9);
-    EXPECT_TRUE(torch::equal(model.forward_after_trunk(x, 0.0, g0), plain)) << "dropout 0 is the plain forward";
-    const auto a = model.forward_after_trunk(x, 0.5, g1);
-    EXPECT_TRUE(torch::equal(a, model.forward_after_trunk(x, 0.5, g2))) << "the same masks for the same seed";
-    EXPECT_FALSE(torch::equal(a, model.forward_after_trunk(x, 0.5, g3)));
+    EXPECT_TRUE(torch::equal(model.forward_after_trunk(x, 0.0, &g0), plain)) << "dropout 0 is the plain forward";
+    const auto a = model.forward_after_trunk(x, 0.5, &g1);
+    EXPECT_TRUE(torch::equal(a, model.forward_after_trunk(x, 0.5, &g2))) << "the same masks for the same seed";
+    EXPECT_FALSE(torch::equal(a, model.forward_after_trunk(x, 0.5, &g3)));
     EXPECT_FALSE(torch::allclose(a, plain));
     // Block 0 (the MLP's first dense block, on the records; the convnet's convolution) sees no dropout.
     auto g4 = make_cpu_generator(9);

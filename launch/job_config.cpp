@@ -333,6 +333,11 @@ JobConfig parse_job_config(const std::string& yaml_text, const std::filesystem::
   if (!(c.pretrain.dropout >= 0 && c.pretrain.dropout < 1))
     pretrain.fail(pretrain.key("dropout"), "must be at least 0 and below 1 (the probability of dropping a value)");
   pretrain.read_integer("threads", c.pretrain.threads, "an integer", 1, kMaxThreads);
+  pretrain.read_integer("micro_batches", c.pretrain.micro_batches, "an integer", 1, static_cast<int>(kMaxBatch));
+  if (c.pretrain.micro_batches > c.pretrain.optimizer.batch_size)
+    pretrain.fail(pretrain.key("micro_batches"), "is " + std::to_string(c.pretrain.micro_batches) +
+                                                     ", more than batch_size (" + std::to_string(c.pretrain.optimizer.batch_size) +
+                                                     "): each micro-batch needs at least one record of a batch");
   pretrain.reject_unknown_keys();
 
   c.noisy_gd.enabled = root["noisy_gd"].IsDefined();

@@ -22,6 +22,7 @@ json to_json(const PretrainSettings& p) {
   auto out = to_json(p.optimizer);
   if (p.dropout > 0) out["dropout"] = p.dropout;
   if (p.threads > 0) out["threads"] = p.threads;
+  if (p.micro_batches > 1) out["micro_batches"] = p.micro_batches;
   return out;
 }
 
@@ -115,6 +116,7 @@ JobSettings job_settings_from_json(const json& j, const fs::path& base, const st
   s.pretrain.optimizer = optimizer_from(pretrain);
   if (pretrain.has("dropout")) s.pretrain.dropout = pretrain.get<double>("dropout");
   if (pretrain.has("threads")) s.pretrain.threads = pretrain.get<int>("threads");
+  if (pretrain.has("micro_batches")) s.pretrain.micro_batches = pretrain.get<int>("micro_batches");
   const auto s3t = r.child("s3t");
   s.s3t.enabled = s3t.get<bool>("enabled");
   s.s3t.shards = s3t.get<int>("shards");

@@ -36,7 +36,10 @@ struct TrainingSettings {
 struct PretrainSettings {
   OptimizerSettings optimizer{3, 128, 1e-3};
   double dropout = 0;  // on every dense block's input but the first: a backbone from few records overfits
-  int threads = 0;     // torch threads of `lethe pretrain` (one process); 0: the job's `threads`
+  int threads = 0;     // torch threads of each `lethe pretrain` rank; 0: the job's `threads`
+  // Each batch's gradient is the ordered sum of this many micro-batches' gradients, computed spread
+  // over the ranks: more ranks, the same bits (trainer/pretrain.h).
+  int micro_batches = 1;
   bool operator==(const PretrainSettings&) const = default;
 };
 

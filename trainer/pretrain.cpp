@@ -5,6 +5,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "comm/tensor.h"
 #include "storage/progress.h"
 #include "storage/durable_file.h"
 #include "storage/hdf5.h"
@@ -58,9 +59,73 @@ RecordTensors read_records(const storage::Dataset& dataset, const std::vector<st
   return out;
 }
 
+namespace {
+
+// One batch's gradient, the same bits for any rank count: the batch's rows are split in order into
+// `parts` micro-batches; rank r computes micro-batches r, r + R, ... (slot k: micro-batch r + kR),
+// one allgather gives every rank every micro-batch's flattened gradient, and each rank adds them
+// in micro-batch order into the parameters' gradients. A slot ends with the micro-batch's loss.
+class MicroBatchGradients {
+ public:
+  MicroBatchGradients(std::vector<torch::Tensor> params, int parts, comm::Communicator& comm, torch::Device device)
+      : params_(std::move(params)), parts_(parts), comm_(comm) {
+    for (const auto& p : params_) width_ += p.numel();
+    ++width_;  // the loss
+    slots_ = (parts_ + comm_.size() - 1) / comm_.size();
+    const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+    send_ = torch::zeros({slots_, width_}, options);
+    recv_ = torch::zeros({comm_.size(), slots_, width_}, options);
+  }
+
+  // Sets every parameter's gradient to the batch's (the sum over micro-batches of what
+  // `part_loss(rows, begin, end, part)` back-propagates) and returns the batch's summed loss.
+  // `part_loss` returns the loss of rows [begin, end) of the batch, or an undefined tensor for none.
+  template <typename PartLoss>
+  double compute(std::int64_t rows, PartLoss&& part_loss) {
+    send_.zero_();
+    for (int part = comm_.rank(), slot = 0; part < parts_; part += comm_.size(), ++slot) {
+      const auto begin = rows * part / parts_;
+      const auto end = rows * (part + 1) / parts_;
+      if (begin == end) continue;
+      for (auto& p : params_) p.mutable_grad() = torch::Tensor();
+      const auto loss = part_loss(begin, end, part);
+      loss.backward();
+      auto row = send_[slot];
+      std::int64_t offset = 0;
+      for (const auto& p : params_) {
+        if (p.grad().defined()) row.narrow(0, offset, p.numel()).copy_(p.grad().reshape(-1));
+        offset += p.numel();
+      }
+      row[offset].copy_(loss.detach().reshape({}));
+    }
+    comm::allgather(comm_, send_, recv_);
+    auto sum = recv_[0][0].clone();
+    for (int part = 1; part < parts_; ++part) sum += recv_[part % comm_.size()][part / comm_.size()];
+    std::int64_t offset = 0;
+    for (auto& p : params_) {
+      p.mutable_grad() = sum.narrow(0, offset, p.numel()).view(p.sizes());
+      offset += p.numel();
+    }
+    return sum[offset].item<double>();
+  }
+
+ private:
+  std::vector<torch::Tensor> params_;
+  int parts_;
+  comm::Communicator& comm_;
+  std::int64_t width_ = 0;
+  std::int64_t slots_ = 0;
+  torch::Tensor send_, recv_;
+};
+
+}  // namespace
+
 PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const PretrainSettings& settings,
-                                 std::uint64_t seed) {
+                                 std::uint64_t seed, comm::Communicator& comm) {
   const auto& options = settings.optimizer;
+  if (settings.micro_batches < 1 || settings.micro_batches > options.batch_size) {
+    throw std::invalid_argument("pretrain: micro_batches must lie in [1, batch_size]");
+  }
   const auto start = std::chrono::steady_clock::now();
   model.set_active_depth(0);
   auto params = model.select_trainable_backbone();
@@ -83,7 +148,7 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
   report.records = n;
   const std::int64_t batches_per_epoch = (n + options.batch_size - 1) / options.batch_size;
   storage::ProgressTask progress("pretrain", batches_per_epoch * options.epochs, "batches");
-  auto dropout_masks = make_cpu_generator(mix_seed(seed, 4));
+  MicroBatchGradients gradients(params, settings.micro_batches, comm, device);
   for (int epoch = 0; epoch < options.epochs; ++epoch) {
     std::mt19937_64 engine(mix_seed(seed, 3, static_cast<std::uint64_t>(epoch)));
     for (std::size_t k = order.size(); k > 1; --k) std::swap(order[k - 1], order[static_cast<std::size_t>(engine() % k)]);
@@ -92,13 +157,17 @@ PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, c
     std::int64_t batches = 0;
     for (std::int64_t s = 0; s < n; s += options.batch_size) {
       const auto index = all.slice(0, s, std::min(n, s + options.batch_size));
-      optimizer.zero_grad();
-      auto loss = torch::cross_entropy_loss(
-          model.forward_after_trunk(inputs.index_select(0, index), settings.dropout, &dropout_masks),
-          labels.index_select(0, index));
-      loss.backward();
+      const auto rows = index.size(0);
+      const auto batch_seed = mix_seed(seed, 4, static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(batches));
+      // Dropout masks per micro-batch, from its own seed: whichever rank computes it draws the same.
+      loss_sum += gradients.compute(rows, [&](std::int64_t begin, std::int64_t end, int part) {
+        auto masks = make_cpu_generator(mix_seed(batch_seed, static_cast<std::uint64_t>(part)));
+        const auto rows_index = index.slice(0, begin, end);
+        const auto logits = model.forward_after_trunk(inputs.index_select(0, rows_index), settings.dropout, &masks);
+        return torch::cross_entropy_loss(logits, labels.index_select(0, rows_index), {}, at::Reduction::Sum) /
+               static_cast<double>(rows);
+      });
       optimizer.step();
-      loss_sum += loss.item<double>();
       ++batches;
       progress.advance(1);
     }

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "comm/communicator.h"
 #include "storage/dataset.h"
 #include "trainer/job_settings.h"
 #include "trainer/model.h"
@@ -37,10 +38,12 @@ struct PretrainReport {
   double seconds = 0;
 };
 
-// Trains every backbone block and the head (adapters inactive) with Adam and the settings' dropout;
-// deterministic for a seed (and a thread count).
+// Collective. Trains every backbone block and the head (adapters inactive) with Adam and the
+// settings' dropout, data-parallel: each batch's settings.micro_batches micro-batches are spread
+// over the ranks and their gradients added in order, so every rank ends with the same model and
+// the result is deterministic for a seed, a thread count and micro_batches, whatever the rank count.
 PretrainReport pretrain_backbone(LetheModel& model, const RecordTensors& data, const PretrainSettings& settings,
-                                 std::uint64_t seed);
+                                 std::uint64_t seed, comm::Communicator& comm);
 
 // Sets the model's feature mean (LetheModel::feature_mean) to the mean of its features over
 // `records` (the public records: computing it needs no private record), in batches.

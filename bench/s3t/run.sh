@@ -7,24 +7,14 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=$(realpath -m "${1:-$root/build}")  # absolute: the script works from $build/bench-s3t
 ranks=${2:-1}
-lethe="$build/lethe --log-level warn"
-fm=${LETHE_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
-# Data, backbone and job directories live under the build directory (ignored by git); the example
-# configs are copied there with their ../../data and ../../runs paths pointed at it.
-work="$build/bench-s3t"
-mkdir -p "$work/data" "$work/runs" "$work/launch/examples"
-for f in "$root"/launch/examples/fashion_*.yaml; do cp "$f" "$work/launch/examples/"; done
-cd "$work"
-if [ ! -f data/fashion-train.h5 ]; then
-  $lethe ingest --format idx --images "$fm/train-images-idx3-ubyte.gz" --labels "$fm/train-labels-idx1-ubyte.gz" \
-    --out data/fashion-train.h5 --public-fraction 0.1 --seed 1 >/dev/null
-  $lethe ingest --format idx --images "$fm/t10k-images-idx3-ubyte.gz" --labels "$fm/t10k-labels-idx1-ubyte.gz" \
-    --out data/fashion-test.h5 --seed 1 >/dev/null
-fi
-echo "== pretrain (public records) =="
-$lethe pretrain --config launch/examples/fashion_s3t.yaml --force | tee runs/bench-pretrain.json
-mpi="mpiexec --oversubscribe -np $ranks"
-[ "$(id -u)" = 0 ] && mpi="$mpi --allow-run-as-root"
+fm=${LETHE_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}  # the PyTorch peer reads the IDX files
+# Data, backbone and job directories live under the build directory; the example configs are
+# copied there with their ../../data and ../../runs paths pointed at it.
+source "$root/bench/fashion_work.sh"
+fashion_work "$build" bench-s3t "$ranks"  # cd there; $lethe, $mpi
+for f in "$root"/launch/examples/fashion_*.yaml; do cp "$f" launch/examples/; done
+echo "== pretrain (public records, $ranks ranks) =="
+$mpi $lethe pretrain --config launch/examples/fashion_s3t.yaml --force | tee runs/bench-pretrain.json
 for job in full s3t; do
   rm -rf "runs/fashion-$job"
   echo "== train $job ($ranks ranks) =="

@@ -356,7 +356,11 @@ def main():
         if rc != 0:
             return 1
         outputs = json_objects(text)
-        train = next((o for o in outputs if "ranks" in o), None)
+        pretrain = next((o for o in outputs if "backbone" in o and "ranks" in o), None)
+        if pretrain is None or pretrain["ranks"] != 4:
+            fail(f"train.sbatch: expected `lethe pretrain` on 4 ranks (one per task), got "
+                 f"{None if pretrain is None else pretrain['ranks']}:\n{text[-3000:]}")
+        train = next((o for o in outputs if "models" in o and "ranks" in o), None)
         if train is None or train["ranks"] != 4:
             fail(f"train.sbatch: expected `lethe train` on 4 ranks (one per task), got "
                  f"{None if train is None else train['ranks']}:\n{text[-3000:]}")

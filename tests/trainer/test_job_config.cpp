@@ -179,17 +179,20 @@ TEST(JobConfig, NoisyGdSettingsAreInTheDigest) {
   EXPECT_EQ(lethe::trainer::to_json(lethe::launch::with_job_dir(base, "/j")).at("noisy_gd").at("sigma"), 0.1) << "stored in the manifest";
 }
 
-TEST(JobConfig, PretrainDropoutAndThreadsParseRoundTripAndCountOnlyWhenSet) {
+TEST(JobConfig, PretrainDropoutThreadsAndMicroBatchesParseRoundTripAndCountOnlyWhenSet) {
   const auto none = parse_job_config(kValid, "/cfg/job.yaml");
   EXPECT_EQ(none.pretrain.dropout, 0.0);
   EXPECT_EQ(none.pretrain.threads, 0) << "0: the job's threads";
   const auto stored = lethe::trainer::to_json(none);
   EXPECT_FALSE(stored.at("pretrain").contains("dropout")) << "jobs from before the keys keep their digest";
   EXPECT_FALSE(stored.at("pretrain").contains("threads"));
+  EXPECT_EQ(none.pretrain.micro_batches, 1);
+  EXPECT_FALSE(stored.at("pretrain").contains("micro_batches"));
 
-  const auto set = parse_job_config(std::string(kValid) + "pretrain: {dropout: 0.3, threads: 2}\n", "/cfg/job.yaml");
+  const auto set = parse_job_config(std::string(kValid) + "pretrain: {dropout: 0.3, threads: 2, micro_batches: 4}\n", "/cfg/job.yaml");
   EXPECT_DOUBLE_EQ(set.pretrain.dropout, 0.3);
   EXPECT_EQ(set.pretrain.threads, 2);
+  EXPECT_EQ(set.pretrain.micro_batches, 4);
   EXPECT_NE(lethe::trainer::config_digest(set), lethe::trainer::config_digest(none));
   const auto back = lethe::trainer::job_settings_from_json(lethe::trainer::to_json(set), "/j", "config.json");
   EXPECT_EQ(back.pretrain, set.pretrain);
@@ -200,6 +203,9 @@ TEST(JobConfig, PretrainDropoutAndThreadsParseRoundTripAndCountOnlyWhenSet) {
   EXPECT_NE(pretrain("dropout: -0.1").find("pretrain.dropout: must be at least 0 and below 1"), std::string::npos);
   EXPECT_NE(pretrain("dropout: half").find("pretrain.dropout: expected a number"), std::string::npos);
   EXPECT_NE(pretrain("threads: 0").find("pretrain.threads: must be at least 1"), std::string::npos);
+  EXPECT_NE(pretrain("micro_batches: 0").find("pretrain.micro_batches: must be at least 1"), std::string::npos);
+  EXPECT_NE(pretrain("batch_size: 8, micro_batches: 9").find("pretrain.micro_batches: is 9, more than batch_size (8)"),
+            std::string::npos);
 }
 
 TEST(JobConfig, MissingFileIsAClearError) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README's main command: installs dependencies, builds, and runs the demo on Fashion-MNIST end to end:
 #  1. ingest (10% public; every 6 consecutive training images belong to one subject, user-NNNNN),
-#  2. pretrain the backbone on the public part,
+#  2. pretrain the backbone on the public part (data-parallel on the MPI ranks),
 #  3. train on 2 MPI ranks S3T (4 shards x 4 slices x 4 sequences) and the noisy-GD model beside it,
 #  4. evaluate both, and ask the noisy-GD accountant for a deletion certificate,
 #  5. serve the job (mpiexec lethe serve) and delete a few hundred records through the HTTP API
@@ -41,12 +41,13 @@ awk 'BEGIN { print "id,subject"; for (i = 0; i < 60000; i++) printf "train-%d,us
   --out data/fashion-test.h5 --force --seed 1 >/dev/null
 "$lethe" inspect data/fashion-train.h5 | tee runs/inspect-train.json
 
-echo "== 2/6 pretrain the backbone on the public records =="
-"$lethe" pretrain --config "$config" --force | tee runs/pretrain.json
-
-echo "== 3/6 S3T and noisy-GD training on $ranks MPI ranks =="
 mpi=(mpiexec --oversubscribe -np "$ranks")
 [[ $(id -u) -eq 0 ]] && mpi+=(--allow-run-as-root)
+
+echo "== 2/6 pretrain the backbone on the public records, data-parallel on $ranks MPI ranks =="
+"${mpi[@]}" "$lethe" pretrain --config "$config" --force | tee runs/pretrain.json
+
+echo "== 3/6 S3T and noisy-GD training on $ranks MPI ranks =="
 rm -rf runs/fashion-s3t
 "${mpi[@]}" "$lethe" train --config "$config" > runs/train.json
 

@@ -3,7 +3,8 @@
 
 Run with Debian's python3-torch (1.13), which wrote the committed files:
     /usr/bin/python3 tests/data/make_trunks.py tests/data
-A file saved by torch 1.13 loads in libtorch 1.13 and 2.x alike. Each trunk takes the test
+A file saved by torch 1.13 loads in libtorch 1.13 and 2.x alike (the trunk tests pass on a build
+against torch 2.11: README, "Build by hand"); make_torch2_trunk.py covers files saved by 2.x. Each trunk takes the test
 fixture's records, [N, 6, 6] float32 in [0, 1] (tests/trainer/cli_job_fixture.h), as any PyTorch
 model saved for Lethe would take [N, *feature_shape] (docs/BACKBONE.md).
 """

@@ -1,11 +1,15 @@
 // End to end: a frozen TorchScript trunk (model.trunk, trainer/trunk.h) under Lethe's blocks, with
 // the real `lethe` binary on the fixture's 6x6 records: pretrain, train (S3T and noisy GD, one and
 // two ranks), eval, and the bad inputs refused with an error naming the file and what to do. The
-// trunks are tests/data/*.pt, written by tests/data/make_trunks.py with Debian's python3-torch.
+// trunks are tests/data/*.pt, written by tests/data/make_trunks.py with Debian's python3-torch, and
+// one by tests/data/make_torch2_trunk.py with torch 2.x.
 #include <gtest/gtest.h>
+
+#include <torch/torch.h>
 
 #include "storage/hashing.h"
 #include "tests/trainer/cli_job_fixture.h"
+#include "trainer/trunk.h"
 
 namespace lethe::test {
 namespace {
@@ -83,6 +87,42 @@ TEST_F(TrunkTest, ConvTrunkUnderConvolutionBlocksTrainsTheSameModelsOnTwoRanksAs
   // Same checkpoints bit for bit: the trunk runs identically wherever a shard is trained.
   EXPECT_EQ(json_of(one).at("s3t").at("digests"), json_of(two).at("s3t").at("digests"));
   EXPECT_EQ(json_of(one).at("noisy_gd").at("digest"), json_of(two).at("noisy_gd").at("digest"));
+}
+
+// A trunk saved by PyTorch 2.x (tests/data/make_torch2_trunk.py: convolutions, batch norm, a
+// residual block, GELU, adaptive pooling) computes in the libtorch Lethe is built against what
+// PyTorch computed when it saved the file, and Lethe's blocks pretrain, train and evaluate on it.
+TEST_F(TrunkTest, ATrunkSavedByTorch2ComputesWhatPyTorchComputedAndTrains) {
+  const auto file = trunk("trunk_resnet_torch2.pt", "trunk.pt");
+  const auto reference = json::parse(read_text(fs::path(LETHE_TEST_DATA_DIR) / "trunk_resnet_torch2.json"));
+  ASSERT_EQ(reference.at("torch").get<std::string>().substr(0, 2), "2.") << "the file must come from torch 2.x";
+  // Nested JSON lists, flattened in order.
+  const auto as_tensor = [](const json& nested) {
+    std::vector<float> values;
+    const auto flatten = [&values](const json& j, const auto& self) -> void {
+      if (!j.is_array()) return values.push_back(j.get<float>());
+      for (const auto& item : j) self(item, self);
+    };
+    flatten(nested, flatten);
+    return torch::tensor(values);
+  };
+  const auto inputs = as_tensor(reference.at("inputs")).reshape({4, 6, 6});
+  const auto expected = as_tensor(reference.at("outputs")).reshape({4, 16});
+  const auto outputs = trainer::Trunk::load(file, "cpu")->forward(inputs);
+  ASSERT_EQ(outputs.sizes(), expected.sizes());
+  EXPECT_TRUE(torch::allclose(outputs, expected, 1e-5, 1e-6))
+      << "largest difference " << (outputs - expected).abs().max().item<float>() << " from torch "
+      << reference.at("torch");
+
+  const auto cfg = config("architecture: mlp, trunk: trunk.pt, widths: [24, 16]");
+  const auto pre = pretrain(cfg);
+  ASSERT_EQ(pre.status, 0) << pre.out;
+  EXPECT_EQ(json_of(pre).at("model").at("trunk").at("output_shape"), json::array({16}));
+  const auto trained = train(cfg, dir_ / "run", 2);
+  ASSERT_EQ(trained.status, 0) << trained.out;
+  const auto e = eval();
+  ASSERT_EQ(e.status, 0) << e.out;
+  EXPECT_EQ(json_of(e).at("models").size(), 2u) << e.out;
 }
 
 TEST_F(TrunkTest, BadTrunksAreRefusedNamingTheFileAndTheShapesAndWriteNoBackbone) {

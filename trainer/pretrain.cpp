@@ -78,8 +78,8 @@ class MicroBatchGradients {
   }
 
   // Sets every parameter's gradient to the batch's (the sum over micro-batches of what
-  // `part_loss(rows, begin, end, part)` back-propagates) and returns the batch's summed loss.
-  // `part_loss` returns the loss of rows [begin, end) of the batch, or an undefined tensor for none.
+  // `part_loss(begin, end, part)` back-propagates: the loss of rows [begin, end) of the batch, which
+  // form micro-batch `part`) and returns the batch's summed loss. Empty micro-batches are skipped.
   template <typename PartLoss>
   double compute(std::int64_t rows, PartLoss&& part_loss) {
     send_.zero_();

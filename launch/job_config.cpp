@@ -154,13 +154,20 @@ class Section {
 
   void reject_unknown_keys() const {
     if (!node_ || !node_.IsMap()) return;
+    const auto known = [this] {
+      std::string names;
+      for (const auto& k : seen_) names += (names.empty() ? "" : ", ") + k;
+      return names;
+    };
     for (const auto& item : node_) {
-      const auto name = item.first.as<std::string>();
-      if (!seen_.count(name)) {
-        std::string known;
-        for (const auto& k : seen_) known += (known.empty() ? "" : ", ") + k;
-        fail(key(name), "unknown key; known keys here: " + known);
+      // YAML allows a list or a mapping as a key (`? shards: 4`); no key of a job config is one.
+      if (!item.first.IsScalar()) {
+        fail(prefix_.empty() ? "(document)" : prefix_.substr(0, prefix_.size() - 1),
+             "has a key that is a YAML list or mapping, not a name (a stray `?`, or mis-indented lines); known keys here: " +
+                 known());
       }
+      const auto name = item.first.Scalar();
+      if (!seen_.count(name)) fail(key(name), "unknown key; known keys here: " + known());
     }
   }
 

@@ -66,6 +66,11 @@ TEST(JobConfig, DigestIgnoresPathsButNotTrainingSettings) {
 TEST(JobConfig, ErrorsNameTheKey) {
   EXPECT_NE(error_of(with("seed: 7", "seed: 7\nepochs: 3")).find("epochs: unknown key"), std::string::npos);
   EXPECT_NE(error_of(with("epochs: 1", "epoch: 1")).find("training.epoch: unknown key"), std::string::npos);
+  // A YAML mapping as a key (`? ...`, what fuzz_job_config found) is a clear error, not yaml-cpp's own exception.
+  EXPECT_NE(error_of(with("shards: 2", "[x]: 1, shards: 2")).find("s3t: has a key that is a YAML list or mapping"),
+            std::string::npos);
+  EXPECT_NE(error_of(with("seed: 7", "seed: 7\n? [a, b]\n: 1")).find("(document): has a key that is a YAML list or mapping"),
+            std::string::npos);
   EXPECT_NE(error_of(with("batch_size: 32", "batch_size: many")).find("training.batch_size: expected an integer"),
             std::string::npos);
   EXPECT_NE(error_of(with("shards: 2", "shards: 0")).find("s3t.shards"), std::string::npos);

@@ -69,12 +69,12 @@ class MicroBatchGradients {
  public:
   MicroBatchGradients(std::vector<torch::Tensor> params, int parts, comm::Communicator& comm, torch::Device device)
       : params_(std::move(params)), parts_(parts), comm_(comm) {
-    for (const auto& p : params_) width_ += p.numel();
-    ++width_;  // the loss
-    slots_ = (parts_ + comm_.size() - 1) / comm_.size();
+    std::int64_t width = 1;  // the loss
+    for (const auto& p : params_) width += p.numel();
+    const std::int64_t slots = (parts_ + comm_.size() - 1) / comm_.size();
     const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(device);
-    send_ = torch::zeros({slots_, width_}, options);
-    recv_ = torch::zeros({comm_.size(), slots_, width_}, options);
+    send_ = torch::zeros({slots, width}, options);
+    recv_ = torch::zeros({comm_.size(), slots, width}, options);
   }
 
   // Sets every parameter's gradient to the batch's (the sum over micro-batches of what
@@ -113,9 +113,7 @@ class MicroBatchGradients {
   std::vector<torch::Tensor> params_;
   int parts_;
   comm::Communicator& comm_;
-  std::int64_t width_ = 0;
-  std::int64_t slots_ = 0;
-  torch::Tensor send_, recv_;
+  torch::Tensor send_, recv_;  // [slots, width], [ranks, slots, width]
 };
 
 }  // namespace
